@@ -1,0 +1,326 @@
+//! The SCDL archive format: a directory of raw little-endian arrays (`data.npy` values,
+//! `col_ptr.npy` column indices, `row_ptr.npy` row offsets — headerless despite the name),
+//! `metadata.json`, `dtypes.json`, `version.json`, `header.sch` and the feature index.
+//!
+//! `Archive` opens one read-only through memory maps, whoever wrote it (scdl-fs, bionemo-scdl
+//! 0.0.5 or 0.1.3), validating its shape first; `ArchiveWriter` writes one atomically.
+
+pub mod header;
+mod writer;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde::Serialize;
+
+pub use writer::{temp_path_for, ArchiveWriter, WrittenArchive};
+
+use crate::dtype::Dtype;
+use crate::error::{Error, IoContext, Result};
+use crate::features::FeatureIndex;
+
+/// The version string written to version.json and features/version.npy: the bionemo-scdl
+/// release whose layout (plus header.sch) we write.
+pub const ARCHIVE_VERSION: &str = "0.1.3";
+
+/// File names inside an archive.
+pub struct FileNames;
+
+impl FileNames {
+    pub const DATA: &'static str = "data.npy";
+    pub const COL_PTR: &'static str = "col_ptr.npy";
+    pub const ROW_PTR: &'static str = "row_ptr.npy";
+    pub const METADATA: &'static str = "metadata.json";
+    pub const DTYPES: &'static str = "dtypes.json";
+    pub const VERSION: &'static str = "version.json";
+    pub const HEADER: &'static str = "header.sch";
+    pub const FEATURES: &'static str = "features";
+    /// Where bionemo-scdl 0.1.3 keeps the var feature index.
+    pub const VAR_FEATURES: &'static str = "var_features";
+}
+
+/// A read-only, memory-mapped archive.
+pub struct Archive {
+    pub path: PathBuf,
+    pub num_rows: u64,
+    pub nnz: u64,
+    pub data_dtype: Dtype,
+    pub col_dtype: Dtype,
+    pub row_ptr_dtype: Dtype,
+    pub features: FeatureIndex,
+    pub version: String,
+    data: Mmap,
+    cols: Mmap,
+    row_ptr: Mmap,
+}
+
+/// A summary for `scdl-fs info`.
+#[derive(Debug, Serialize)]
+pub struct ArchiveInfo {
+    pub path: String,
+    pub version: String,
+    pub rows: u64,
+    pub nnz: u64,
+    pub dtypes: DtypesInfo,
+    pub feature_blocks: Vec<BlockInfo>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DtypesInfo {
+    pub data: String,
+    pub col_ptr: String,
+    pub row_ptr: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlockInfo {
+    pub first_row: u64,
+    pub rows: u64,
+    pub num_vars: u64,
+    pub label: String,
+    pub columns: Vec<String>,
+}
+
+fn map(path: &Path) -> Result<Mmap> {
+    let f = File::open(path).at(path)?;
+    // SAFETY: archives are immutable once published (written to a temporary directory and
+    // renamed into place); the store never writes to a published archive's files.
+    unsafe { Mmap::map(&f) }.at(path)
+}
+
+/// Reads the three array dtypes: dtypes.json if present (0.0.5 and us), else header.sch
+/// (0.1.3), else bionemo's defaults.
+fn read_dtypes(path: &Path) -> Result<(Dtype, Dtype, Dtype)> {
+    let bad = |m: String| Error::archive(path, m);
+    let mut data = Dtype::F32;
+    let mut cols = Dtype::U32;
+    let mut rows = Dtype::U64;
+    let dtypes_path = path.join(FileNames::DTYPES);
+    let header_path = path.join(FileNames::HEADER);
+    if let Ok(text) = fs::read_to_string(&dtypes_path) {
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("dtypes.json: {e}")))?;
+        let get = |k: &str, default: Dtype| -> Result<Dtype> {
+            match v.get(k) {
+                None => Ok(default),
+                Some(serde_json::Value::String(s)) => {
+                    Dtype::from_numpy(s).ok_or_else(|| bad(format!("dtypes.json: unknown dtype {s} for {k}")))
+                }
+                Some(other) => Err(bad(format!("dtypes.json: bad entry {other} for {k}"))),
+            }
+        };
+        data = get(FileNames::DATA, data)?;
+        cols = get(FileNames::COL_PTR, cols)?;
+        rows = get(FileNames::ROW_PTR, rows)?;
+    } else if let Ok(bytes) = fs::read(&header_path) {
+        for a in header::decode_arrays(&bytes).map_err(bad)? {
+            match a.name.as_str() {
+                "DATA" => data = a.dtype,
+                "COLPTR" => cols = a.dtype,
+                "ROWPTR" => rows = a.dtype,
+                _ => {}
+            }
+        }
+    }
+    for (what, d) in [("col_ptr.npy", cols), ("row_ptr.npy", rows)] {
+        if d.is_float() || d.is_signed_int() {
+            return Err(bad(format!("{what} must hold unsigned integers, not {d}")));
+        }
+    }
+    Ok((data, cols, rows))
+}
+
+#[inline]
+fn read_uint(bytes: &[u8], dtype: Dtype, i: usize) -> u64 {
+    let s = dtype.size();
+    let b = &bytes[i * s..(i + 1) * s];
+    match dtype {
+        Dtype::U8 => b[0] as u64,
+        Dtype::U16 => u16::from_le_bytes([b[0], b[1]]) as u64,
+        Dtype::U32 => u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64,
+        _ => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+    }
+}
+
+impl Archive {
+    /// Opens and validates an archive: files present, sizes consistent, row_ptr monotonic
+    /// from 0 to nnz, feature index covering every row.
+    pub fn open(path: &Path) -> Result<Archive> {
+        let bad = |m: String| Error::archive(path, m);
+        if !path.is_dir() {
+            return Err(bad("not a directory".into()));
+        }
+        let meta_path = path.join(FileNames::METADATA);
+        let meta: serde_json::Value = serde_json::from_str(&fs::read_to_string(&meta_path).at(&meta_path)?)
+            .map_err(|e| bad(format!("metadata.json: {e}")))?;
+        let num_rows = meta
+            .get("num_rows")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| bad("metadata.json has no num_rows".into()))?;
+        let (data_dtype, col_dtype, row_ptr_dtype) = read_dtypes(path)?;
+        let data = map(&path.join(FileNames::DATA))?;
+        let cols = map(&path.join(FileNames::COL_PTR))?;
+        let row_ptr = map(&path.join(FileNames::ROW_PTR))?;
+        for (name, m, d) in [
+            (FileNames::DATA, &data, data_dtype),
+            (FileNames::COL_PTR, &cols, col_dtype),
+            (FileNames::ROW_PTR, &row_ptr, row_ptr_dtype),
+        ] {
+            if m.len() % d.size() != 0 {
+                return Err(bad(format!("{name}: {} bytes is not a whole number of {d} values", m.len())));
+            }
+        }
+        let nnz = (data.len() / data_dtype.size()) as u64;
+        if (cols.len() / col_dtype.size()) as u64 != nnz {
+            return Err(bad(format!(
+                "col_ptr.npy has {} entries but data.npy has {nnz}",
+                cols.len() / col_dtype.size()
+            )));
+        }
+        let ptr_len = (row_ptr.len() / row_ptr_dtype.size()) as u64;
+        // An empty archive may have an empty row_ptr (bionemo) or [0] (us).
+        if !(ptr_len == num_rows + 1 || (num_rows == 0 && ptr_len == 0)) {
+            return Err(bad(format!(
+                "row_ptr.npy has {ptr_len} entries but metadata.json says {num_rows} rows"
+            )));
+        }
+        let version = fs::read_to_string(path.join(FileNames::VERSION))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+            .unwrap_or_default();
+        let fdir = [FileNames::FEATURES, FileNames::VAR_FEATURES]
+            .iter()
+            .map(|d| path.join(d))
+            .find(|d| d.is_dir());
+        let features = match fdir {
+            Some(d) => FeatureIndex::read(&d)?,
+            None => return Err(bad("no features/ directory".into())),
+        };
+        if features.num_rows() != num_rows {
+            return Err(bad(format!(
+                "feature index covers {} rows but metadata.json says {num_rows}",
+                features.num_rows()
+            )));
+        }
+        let archive = Archive {
+            path: path.to_path_buf(),
+            num_rows,
+            nnz,
+            data_dtype,
+            col_dtype,
+            row_ptr_dtype,
+            features,
+            version,
+            data,
+            cols,
+            row_ptr,
+        };
+        archive.check_row_ptr()?;
+        Ok(archive)
+    }
+
+    fn check_row_ptr(&self) -> Result<()> {
+        if self.num_rows == 0 && self.row_ptr.is_empty() {
+            return Ok(());
+        }
+        let mut prev = self.row_ptr_at(0);
+        if prev != 0 {
+            return Err(Error::archive(&self.path, format!("row_ptr.npy starts at {prev}, not 0")));
+        }
+        for i in 1..=self.num_rows {
+            let v = self.row_ptr_at(i);
+            if v < prev {
+                return Err(Error::archive(&self.path, format!("row_ptr.npy decreases at row {}", i - 1)));
+            }
+            prev = v;
+        }
+        if prev != self.nnz {
+            return Err(Error::archive(
+                &self.path,
+                format!("row_ptr.npy ends at {prev} but data.npy holds {} values", self.nnz),
+            ));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    pub fn row_ptr_at(&self, i: u64) -> u64 {
+        read_uint(&self.row_ptr, self.row_ptr_dtype, i as usize)
+    }
+
+    /// The element range [start, end) of row `row`.
+    pub fn row_range(&self, row: u64) -> (u64, u64) {
+        (self.row_ptr_at(row), self.row_ptr_at(row + 1))
+    }
+
+    #[inline]
+    pub fn col_at(&self, element: u64) -> u64 {
+        read_uint(&self.cols, self.col_dtype, element as usize)
+    }
+
+    /// The raw little-endian bytes of values [a, b).
+    pub fn data_bytes(&self, a: u64, b: u64) -> &[u8] {
+        let s = self.data_dtype.size();
+        &self.data[a as usize * s..b as usize * s]
+    }
+
+    /// The raw little-endian bytes of column indices [a, b).
+    pub fn col_bytes(&self, a: u64, b: u64) -> &[u8] {
+        let s = self.col_dtype.size();
+        &self.cols[a as usize * s..b as usize * s]
+    }
+
+    /// Total bytes of the archive's files (recursive).
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            fs::read_dir(p)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => m.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&self.path)
+    }
+
+    pub fn info(&self) -> ArchiveInfo {
+        let mut first_row = 0;
+        let feature_blocks = self
+            .features
+            .blocks
+            .iter()
+            .map(|b| {
+                let info = BlockInfo {
+                    first_row,
+                    rows: b.rows,
+                    num_vars: b.frame.num_vars,
+                    label: b.label.clone(),
+                    columns: b.frame.columns.iter().map(|(n, _)| n.clone()).collect(),
+                };
+                first_row += b.rows;
+                info
+            })
+            .collect();
+        ArchiveInfo {
+            path: self.path.display().to_string(),
+            version: self.version.clone(),
+            rows: self.num_rows,
+            nnz: self.nnz,
+            dtypes: DtypesInfo {
+                data: self.data_dtype.name().into(),
+                col_ptr: self.col_dtype.name().into(),
+                row_ptr: self.row_ptr_dtype.name().into(),
+            },
+            feature_blocks,
+            bytes: self.disk_bytes(),
+        }
+    }
+}

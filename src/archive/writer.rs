@@ -1,0 +1,264 @@
+//! Writing an archive atomically: everything goes into a temporary directory beside the output,
+//! is flushed and fsynced, and is renamed into place only when complete. Dropping an unfinished
+//! writer removes the temporary directory, so an error never leaves a partial archive.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::{header, FileNames, ARCHIVE_VERSION};
+use crate::dtype::{Dtype, Element};
+use crate::error::{Error, IoContext, Result};
+use crate::features::FeatureIndex;
+
+const WRITE_BUFFER: usize = 4 << 20;
+
+/// What a finished archive holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenArchive {
+    pub path: PathBuf,
+    pub rows: u64,
+    pub nnz: u64,
+    pub dtype: Dtype,
+}
+
+/// A temporary directory removed on drop unless it was renamed into place.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+pub struct ArchiveWriter {
+    output: PathBuf,
+    tmp: TempDir,
+    dtype: Dtype,
+    data: BufWriter<File>,
+    cols: BufWriter<File>,
+    row_ptr: BufWriter<File>,
+    rows: u64,
+    nnz: u64,
+}
+
+/// The temporary directory name used for `output` (hidden, so nothing serves it).
+pub fn temp_path_for(output: &Path) -> Result<PathBuf> {
+    let name = output
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("{}: not a valid output path", output.display())))?;
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(parent.join(format!(
+        ".{}.scdl-tmp.{}.{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        n
+    )))
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    Ok(BufWriter::with_capacity(WRITE_BUFFER, File::create(path).at(path)?))
+}
+
+impl ArchiveWriter {
+    /// Starts an archive that will appear at `output` with data type `dtype`.
+    pub fn create(output: &Path, dtype: Dtype) -> Result<ArchiveWriter> {
+        if !dtype.is_archive_data_type() {
+            return Err(Error::Usage(format!(
+                "SCDL archives cannot store {dtype} data (bionemo-scdl has no signed integer types)"
+            )));
+        }
+        if output.symlink_metadata().is_ok() {
+            return Err(Error::Usage(format!("{}: already exists", output.display())));
+        }
+        let tmp_path = temp_path_for(output)?;
+        fs::create_dir(&tmp_path).at(&tmp_path)?;
+        let tmp = TempDir {
+            path: tmp_path,
+            keep: false,
+        };
+        let data = create(&tmp.path.join(FileNames::DATA))?;
+        let cols = create(&tmp.path.join(FileNames::COL_PTR))?;
+        let mut row_ptr = create(&tmp.path.join(FileNames::ROW_PTR))?;
+        row_ptr.write_all(&0u64.to_le_bytes()).at(tmp.path.join(FileNames::ROW_PTR))?;
+        Ok(ArchiveWriter {
+            output: output.to_path_buf(),
+            tmp,
+            dtype,
+            data,
+            cols,
+            row_ptr,
+            rows: 0,
+            nnz: 0,
+        })
+    }
+
+    /// A directory for scratch files (removed with the temporary directory).
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let p = self.tmp.path.join("scratch");
+        fs::create_dir_all(&p).at(&p)?;
+        Ok(p)
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn nnz(&self) -> u64 {
+        self.nnz
+    }
+
+    /// Appends values (already of the archive's type) and their column indices.
+    pub fn append_elements<T: Element>(&mut self, cols: &[u32], vals: &[T]) -> Result<()> {
+        assert_eq!(T::DTYPE, self.dtype);
+        assert_eq!(cols.len(), vals.len());
+        self.data
+            .write_all(bytemuck::cast_slice(vals))
+            .at(self.tmp.path.join(FileNames::DATA))?;
+        self.cols
+            .write_all(bytemuck::cast_slice(cols))
+            .at(self.tmp.path.join(FileNames::COL_PTR))?;
+        self.nnz += vals.len() as u64;
+        Ok(())
+    }
+
+    /// Ends rows at the given element offsets (counted from the start of the archive).
+    pub fn end_rows(&mut self, ends: impl IntoIterator<Item = u64>) -> Result<()> {
+        let path = self.tmp.path.join(FileNames::ROW_PTR);
+        for e in ends {
+            debug_assert!(e <= self.nnz);
+            self.row_ptr.write_all(&e.to_le_bytes()).at(&path)?;
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes the metadata and feature index, flushes and fsyncs everything, and renames the
+    /// archive into place.
+    pub fn finish(mut self, features: &FeatureIndex) -> Result<WrittenArchive> {
+        if features.num_rows() != self.rows {
+            return Err(Error::archive(
+                &self.output,
+                format!(
+                    "internal error: feature index covers {} rows, matrix has {}",
+                    features.num_rows(),
+                    self.rows
+                ),
+            ));
+        }
+        let dir = self.tmp.path.clone();
+        let _ = fs::remove_dir_all(dir.join("scratch"));
+        for (w, name) in [
+            (&mut self.data, FileNames::DATA),
+            (&mut self.cols, FileNames::COL_PTR),
+            (&mut self.row_ptr, FileNames::ROW_PTR),
+        ] {
+            let p = dir.join(name);
+            w.flush().at(&p)?;
+            w.get_ref().sync_all().at(&p)?;
+        }
+        write_synced(&dir.join(FileNames::METADATA), &serde_json::json!({ "num_rows": self.rows }).to_string())?;
+        let dtypes = serde_json::json!({
+            FileNames::DATA: self.dtype.name(),
+            FileNames::COL_PTR: "uint32",
+            FileNames::ROW_PTR: "uint64",
+        });
+        write_synced(&dir.join(FileNames::DTYPES), &dtypes.to_string())?;
+        write_synced(&dir.join(FileNames::VERSION), &serde_json::json!(ARCHIVE_VERSION).to_string())?;
+        let fdir = dir.join(FileNames::FEATURES);
+        features.write(&fdir)?;
+        for entry in fs::read_dir(&fdir).at(&fdir)? {
+            let p = entry.at(&fdir)?.path();
+            File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
+        }
+        sync_dir(&fdir)?;
+        let header = header::encode(
+            &[
+                header::ArrayEntry { name: "DATA".into(), length: self.nnz, dtype: self.dtype },
+                header::ArrayEntry { name: "ROWPTR".into(), length: self.rows + 1, dtype: Dtype::U64 },
+                header::ArrayEntry { name: "COLPTR".into(), length: self.nnz, dtype: Dtype::U32 },
+            ],
+            &[header::FeatureIndexEntry {
+                name: FileNames::FEATURES.into(),
+                length: self.rows,
+                files: feature_files(&fdir)?,
+            }],
+        );
+        write_synced_bytes(&dir.join(FileNames::HEADER), &header)?;
+        sync_dir(&dir)?;
+        rename_no_replace(&dir, &self.output)?;
+        self.tmp.keep = true;
+        if let Some(parent) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        Ok(WrittenArchive {
+            path: self.output.clone(),
+            rows: self.rows,
+            nnz: self.nnz,
+            dtype: self.dtype,
+        })
+    }
+}
+
+fn feature_files(fdir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(fdir)
+        .at(fdir)?
+        .filter_map(|e| e.ok())
+        .map(|e| format!("{}/{}", FileNames::FEATURES, e.file_name().to_string_lossy()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn write_synced(path: &Path, text: &str) -> Result<()> {
+    write_synced_bytes(path, text.as_bytes())
+}
+
+pub(crate) fn write_synced_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).at(path)?;
+    f.write_all(bytes).at(path)?;
+    f.sync_all().at(path)
+}
+
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path).and_then(|d| d.sync_all()).at(path)
+}
+
+/// rename(2) that fails instead of replacing an existing target (renameat2 RENAME_NOREPLACE),
+/// so two writers racing for one name cannot clobber each other.
+pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Usage(format!("{}: path contains NUL", p.display())));
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(libc::ENOSYS) {
+        // File systems without RENAME_NOREPLACE (some network ones): check, then rename.
+        if to.symlink_metadata().is_ok() {
+            return Err(Error::Usage(format!("{}: already exists", to.display())));
+        }
+        return fs::rename(from, to).at(to);
+    }
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        return Err(Error::Usage(format!("{}: already exists", to.display())));
+    }
+    Err(Error::io(to, err))
+}

@@ -1,0 +1,644 @@
+//! Streaming a count matrix out of an h5ad file as CSR row blocks of bounded size, whatever
+//! its storage: CSR (read by hyperslabs), dense (row slabs, zeros dropped) or CSC (an external
+//! transpose through temporary bucket files). Every CSR/CSC invariant is checked on the way.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use hdf5::types::{IntSize, TypeDescriptor};
+
+use super::attrs::{int_list_attr, string_attr};
+use super::H5ad;
+use crate::dtype::{Dtype, Element};
+use crate::error::{Error, IoContext, Result};
+
+/// Elements per block: bounds the memory of a conversion (a block of f64 values and u32
+/// columns is 48 MB) while keeping HDF5 reads large.
+pub const BLOCK_ELEMENTS: usize = 4 << 20;
+
+/// Rows of indptr read at a time.
+const INDPTR_ROWS: u64 = 1 << 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Csr,
+    Csc,
+    Dense,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Csr => "csr_matrix",
+            Layout::Csc => "csc_matrix",
+            Layout::Dense => "dense array",
+        }
+    }
+}
+
+/// A run of CSR elements in row order. Rows may span blocks: `row_ends` lists the absolute
+/// element offsets at which the rows `first_row`, `first_row + 1`, ... end, for the rows that
+/// end inside this block (including empty rows).
+#[derive(Debug)]
+pub struct Block<S> {
+    pub first_row: u64,
+    pub first_element: u64,
+    pub row_ends: Vec<u64>,
+    pub cols: Vec<u32>,
+    pub vals: Vec<S>,
+}
+
+impl<S> Block<S> {
+    /// The row that holds the element at absolute offset `element` of this block.
+    pub fn row_of(&self, element: u64) -> u64 {
+        self.first_row + self.row_ends.partition_point(|&end| end <= element) as u64
+    }
+}
+
+/// An opened matrix, ready to stream.
+pub struct MatrixReader<'a> {
+    h5: &'a H5ad,
+    path: String,
+    pub layout: Layout,
+    pub n_rows: u64,
+    pub n_cols: u64,
+    pub dtype: Dtype,
+    pub nnz: u64,
+    data: hdf5::Dataset,
+    indices: Option<hdf5::Dataset>,
+    indptr: Option<hdf5::Dataset>,
+}
+
+fn element_dtype(desc: &TypeDescriptor) -> Option<Dtype> {
+    use hdf5::types::FloatSize;
+    Some(match desc {
+        TypeDescriptor::Float(FloatSize::U2) => Dtype::F16,
+        TypeDescriptor::Float(FloatSize::U4) => Dtype::F32,
+        TypeDescriptor::Float(FloatSize::U8) => Dtype::F64,
+        TypeDescriptor::Integer(IntSize::U1) => Dtype::I8,
+        TypeDescriptor::Integer(IntSize::U2) => Dtype::I16,
+        TypeDescriptor::Integer(IntSize::U4) => Dtype::I32,
+        TypeDescriptor::Integer(IntSize::U8) => Dtype::I64,
+        TypeDescriptor::Unsigned(IntSize::U1) => Dtype::U8,
+        TypeDescriptor::Unsigned(IntSize::U2) => Dtype::U16,
+        TypeDescriptor::Unsigned(IntSize::U4) => Dtype::U32,
+        TypeDescriptor::Unsigned(IntSize::U8) => Dtype::U64,
+        TypeDescriptor::Boolean => Dtype::U8,
+        _ => return None,
+    })
+}
+
+impl<'a> MatrixReader<'a> {
+    pub(super) fn open(h5: &'a H5ad, path: &str) -> Result<MatrixReader<'a>> {
+        let file = h5.file();
+        if let Ok(ds) = file.dataset(path) {
+            return Self::open_dense(h5, path, ds);
+        }
+        let group = file
+            .group(path)
+            .map_err(|_| h5.error(path, "is neither a dataset nor a group"))?;
+        let encoding = string_attr(&group, "encoding-type");
+        let legacy = string_attr(&group, "h5sparse_format");
+        let layout = match (encoding.as_deref(), legacy.as_deref()) {
+            (Some("csr_matrix"), _) | (None, Some("csr")) => Layout::Csr,
+            (Some("csc_matrix"), _) | (None, Some("csc")) => Layout::Csc,
+            (Some(other), _) => {
+                return Err(h5.error(path, format!("unsupported matrix encoding '{other}'")))
+            }
+            (None, Some(other)) => {
+                return Err(h5.error(path, format!("unsupported h5sparse_format '{other}'")))
+            }
+            (None, None) => {
+                return Err(h5.error(
+                    path,
+                    "group has no encoding-type or h5sparse_format: not a sparse matrix",
+                ))
+            }
+        };
+        let shape = int_list_attr(&group, "shape")
+            .or_else(|| int_list_attr(&group, "h5sparse_shape"))
+            .ok_or_else(|| h5.error(path, "sparse matrix without a shape attribute"))?;
+        let (n_rows, n_cols) = match shape[..] {
+            [r, c] if r >= 0 && c >= 0 => (r as u64, c as u64),
+            _ => return Err(h5.error(path, format!("invalid shape {shape:?}"))),
+        };
+        let member = |name: &str| {
+            group
+                .dataset(name)
+                .map_err(|_| h5.error(&format!("{path}/{name}"), "missing"))
+        };
+        let data = member("data")?;
+        let indices = member("indices")?;
+        let indptr = member("indptr")?;
+        for (name, ds) in [("data", &data), ("indices", &indices), ("indptr", &indptr)] {
+            if ds.ndim() != 1 {
+                return Err(h5.error(
+                    &format!("{path}/{name}"),
+                    format!("expected a 1-D array, found shape {:?}", ds.shape()),
+                ));
+            }
+        }
+        let nnz = data.size() as u64;
+        if indices.size() as u64 != nnz {
+            return Err(h5.error(
+                &format!("{path}/indices"),
+                format!("has {} entries but data has {nnz}", indices.size()),
+            ));
+        }
+        let major = if layout == Layout::Csr { n_rows } else { n_cols };
+        if indptr.size() as u64 != major + 1 {
+            return Err(h5.error(
+                &format!("{path}/indptr"),
+                format!(
+                    "has {} entries but the shape ({n_rows}, {n_cols}) needs {}",
+                    indptr.size(),
+                    major as u128 + 1
+                ),
+            ));
+        }
+        let dtype = Self::data_dtype(h5, &format!("{path}/data"), &data)?;
+        for (name, ds) in [("indices", &indices), ("indptr", &indptr)] {
+            match ds.dtype().and_then(|t| t.to_descriptor()) {
+                Ok(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)) => {}
+                Ok(other) => {
+                    return Err(h5.error(
+                        &format!("{path}/{name}"),
+                        format!("expected integers, found {other:?}"),
+                    ))
+                }
+                Err(e) => return Err(h5.error(&format!("{path}/{name}"), e.to_string())),
+            }
+        }
+        let reader = MatrixReader {
+            h5,
+            path: path.to_string(),
+            layout,
+            n_rows,
+            n_cols,
+            dtype,
+            nnz,
+            data,
+            indices: Some(indices),
+            indptr: Some(indptr),
+        };
+        reader.check_column_count()?;
+        Ok(reader)
+    }
+
+    fn open_dense(h5: &'a H5ad, path: &str, ds: hdf5::Dataset) -> Result<MatrixReader<'a>> {
+        let shape = ds.shape();
+        if shape.len() != 2 {
+            return Err(h5.error(
+                path,
+                format!("dense matrix must be 2-D, found shape {shape:?}"),
+            ));
+        }
+        let dtype = Self::data_dtype(h5, path, &ds)?;
+        let reader = MatrixReader {
+            h5,
+            path: path.to_string(),
+            layout: Layout::Dense,
+            n_rows: shape[0] as u64,
+            n_cols: shape[1] as u64,
+            dtype,
+            nnz: 0,
+            data: ds,
+            indices: None,
+            indptr: None,
+        };
+        reader.check_column_count()?;
+        Ok(reader)
+    }
+
+    fn data_dtype(h5: &H5ad, location: &str, ds: &hdf5::Dataset) -> Result<Dtype> {
+        let desc = ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| h5.error(location, format!("unreadable datatype: {e}")))?;
+        element_dtype(&desc).ok_or_else(|| {
+            h5.error(
+                location,
+                format!("matrix values must be numeric, found {desc:?}"),
+            )
+        })
+    }
+
+    /// SCDL stores column indices as uint32.
+    fn check_column_count(&self) -> Result<()> {
+        if self.n_cols > u32::MAX as u64 + 1 {
+            return Err(self.h5.error(
+                &self.path,
+                format!(
+                    "{} columns exceed SCDL's uint32 column indices",
+                    self.n_cols
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn location(&self) -> &str {
+        &self.path
+    }
+
+    fn err(&self, member: &str, message: impl Into<String>) -> Error {
+        let loc = if member.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{}/{member}", self.path)
+        };
+        self.h5.error(&loc, message)
+    }
+
+    fn read_failed(&self, member: &str, e: hdf5::Error) -> Error {
+        self.err(member, format!("read failed (truncated or corrupt file?): {e}"))
+    }
+
+    /// Streams the matrix as CSR blocks in row order. `S` must be the matrix's own element type
+    /// (`self.dtype`). Temporary files (CSC only) go into `scratch`.
+    pub fn stream<S: Element>(
+        &self,
+        scratch: &Path,
+        sink: &mut dyn FnMut(Block<S>) -> Result<()>,
+    ) -> Result<()> {
+        assert_eq!(S::DTYPE, self.dtype, "stream() called with the wrong element type");
+        match self.layout {
+            Layout::Csr => self.stream_csr(sink),
+            Layout::Dense => self.stream_dense(sink),
+            Layout::Csc => self.stream_csc(scratch, sink),
+        }
+    }
+
+    fn read_values<S: Element>(&self, a: u64, b: u64) -> Result<Vec<S>> {
+        Ok(self
+            .data
+            .read_slice_1d::<S, _>(a as usize..b as usize)
+            .map_err(|e| self.read_failed("data", e))?
+            .into_raw_vec_and_offset()
+            .0)
+    }
+
+    /// Reads indptr entries [a, b) as u64, checking they are non-negative.
+    fn read_indptr(&self, a: u64, b: u64) -> Result<Vec<u64>> {
+        let ds = self.indptr.as_ref().expect("sparse matrix has indptr");
+        let signed = matches!(ds.dtype().and_then(|t| t.to_descriptor()), Ok(TypeDescriptor::Integer(_)));
+        let range = a as usize..b as usize;
+        if signed {
+            let v = ds
+                .read_slice_1d::<i64, _>(range)
+                .map_err(|e| self.read_failed("indptr", e))?;
+            v.iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    u64::try_from(x).map_err(|_| {
+                        self.err("indptr", format!("negative entry {x} at position {}", a + i as u64))
+                    })
+                })
+                .collect()
+        } else {
+            Ok(ds
+                .read_slice_1d::<u64, _>(range)
+                .map_err(|e| self.read_failed("indptr", e))?
+                .into_raw_vec_and_offset()
+                .0)
+        }
+    }
+
+    /// Reads minor indices [a, b) (column indices for CSR, row indices for CSC) as u64,
+    /// checking 0 <= i < bound. `major_of` names the row/column of a bad entry for the message.
+    fn read_minor(
+        &self,
+        a: u64,
+        b: u64,
+        bound: u64,
+        describe: &dyn Fn(u64) -> String,
+    ) -> Result<Vec<u64>> {
+        let ds = self.indices.as_ref().expect("sparse matrix has indices");
+        let signed = matches!(ds.dtype().and_then(|t| t.to_descriptor()), Ok(TypeDescriptor::Integer(_)));
+        let range = a as usize..b as usize;
+        let bad = |pos: u64, v: String| {
+            self.err(
+                "indices",
+                format!("index {v} out of range 0..{bound} at {}", describe(pos)),
+            )
+        };
+        if signed {
+            let v = ds
+                .read_slice_1d::<i64, _>(range)
+                .map_err(|e| self.read_failed("indices", e))?;
+            v.iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    if x >= 0 && (x as u64) < bound {
+                        Ok(x as u64)
+                    } else {
+                        Err(bad(a + i as u64, x.to_string()))
+                    }
+                })
+                .collect()
+        } else {
+            let v = ds
+                .read_slice_1d::<u64, _>(range)
+                .map_err(|e| self.read_failed("indices", e))?
+                .into_raw_vec_and_offset()
+                .0;
+            if let Some(i) = v.iter().position(|&x| x >= bound) {
+                return Err(bad(a + i as u64, v[i].to_string()));
+            }
+            Ok(v)
+        }
+    }
+
+    /// Walks indptr in chunks, checking it starts at 0, never decreases and ends at nnz; calls
+    /// `visit(first_major, entries)` with overlapping windows (`entries[k]` is the start of
+    /// major `first_major + k`; the last entry of one window is the first of the next).
+    fn walk_indptr(&self, major: u64, visit: &mut dyn FnMut(u64, &[u64]) -> Result<()>) -> Result<()> {
+        let what = if self.layout == Layout::Csr { "row" } else { "column" };
+        let mut m = 0;
+        loop {
+            let end = (m + INDPTR_ROWS).min(major);
+            let ip = self.read_indptr(m, end + 1)?;
+            if m == 0 && ip[0] != 0 {
+                return Err(self.err("indptr", format!("starts at {} instead of 0", ip[0])));
+            }
+            if let Some(k) = ip.windows(2).position(|w| w[1] < w[0]) {
+                return Err(self.err(
+                    "indptr",
+                    format!(
+                        "decreases at {what} {} ({} then {})",
+                        m + k as u64,
+                        ip[k],
+                        ip[k + 1]
+                    ),
+                ));
+            }
+            if let Some(k) = ip.iter().position(|&x| x > self.nnz) {
+                return Err(self.err(
+                    "indptr",
+                    format!(
+                        "entry {} at {what} {} exceeds the {} stored values",
+                        ip[k],
+                        m + k as u64,
+                        self.nnz
+                    ),
+                ));
+            }
+            if end == major && *ip.last().expect("non-empty") != self.nnz {
+                return Err(self.err(
+                    "indptr",
+                    format!(
+                        "ends at {} but data has {} values",
+                        ip.last().expect("non-empty"),
+                        self.nnz
+                    ),
+                ));
+            }
+            visit(m, &ip)?;
+            if end == major {
+                return Ok(());
+            }
+            m = end;
+        }
+    }
+
+    fn stream_csr<S: Element>(&self, sink: &mut dyn FnMut(Block<S>) -> Result<()>) -> Result<()> {
+        let budget = BLOCK_ELEMENTS as u64;
+        self.walk_indptr(self.n_rows, &mut |first_row, ip| {
+            let rows = ip.len() - 1;
+            let mut r = 0; // row index within this window
+            while r < rows {
+                let start = ip[r];
+                // Extend over as many rows as fit in the budget.
+                let mut r_end = r + 1;
+                while r_end < rows && ip[r_end + 1] - start <= budget {
+                    r_end += 1;
+                }
+                let end = ip[r_end];
+                let row = first_row + r as u64;
+                if end - start <= budget {
+                    self.emit_csr(row, start, end, ip[r + 1..=r_end].to_vec(), sink)?;
+                } else {
+                    // One row larger than the budget: its elements in several blocks.
+                    let mut p = start;
+                    while p < end {
+                        let q = (p + budget).min(end);
+                        let ends = if q == end { vec![end] } else { Vec::new() };
+                        self.emit_csr(row, p, q, ends, sink)?;
+                        p = q;
+                    }
+                }
+                r = r_end;
+            }
+            Ok(())
+        })
+    }
+
+    fn emit_csr<S: Element>(
+        &self,
+        first_row: u64,
+        start: u64,
+        end: u64,
+        row_ends: Vec<u64>,
+        sink: &mut dyn FnMut(Block<S>) -> Result<()>,
+    ) -> Result<()> {
+        let vals = self.read_values::<S>(start, end)?;
+        let describe = |pos: u64| {
+            let row = first_row + row_ends.partition_point(|&e| e <= pos) as u64;
+            format!("row {row} (element {pos})")
+        };
+        let cols = self
+            .read_minor(start, end, self.n_cols, &describe)?
+            .into_iter()
+            .map(|c| c as u32)
+            .collect();
+        sink(Block {
+            first_row,
+            first_element: start,
+            row_ends,
+            cols,
+            vals,
+        })
+    }
+
+    fn stream_dense<S: Element>(&self, sink: &mut dyn FnMut(Block<S>) -> Result<()>) -> Result<()> {
+        let n_cols = self.n_cols.max(1);
+        let rows_per_slab = (BLOCK_ELEMENTS as u64 / n_cols).max(1);
+        let col_piece = (BLOCK_ELEMENTS as u64).min(n_cols);
+        let mut element = 0u64;
+        let mut r = 0u64;
+        while r < self.n_rows {
+            let r_end = (r + rows_per_slab).min(self.n_rows);
+            let mut block = Block {
+                first_row: r,
+                first_element: element,
+                row_ends: Vec::new(),
+                cols: Vec::new(),
+                vals: Vec::new(),
+            };
+            // Very wide rows are read in column pieces; each piece is a 2-D hyperslab.
+            let mut pieces = Vec::new();
+            let mut c = 0;
+            while c < self.n_cols {
+                let c_end = (c + col_piece).min(self.n_cols);
+                let slab = self
+                    .data
+                    .read_slice_2d::<S, _>((r as usize..r_end as usize, c as usize..c_end as usize))
+                    .map_err(|e| self.read_failed("", e))?;
+                pieces.push((c, slab));
+                c = c_end;
+            }
+            for i in 0..(r_end - r) as usize {
+                for (c0, slab) in &pieces {
+                    for (j, &v) in slab.row(i).iter().enumerate() {
+                        if !v.is_zero() {
+                            block.cols.push((*c0 as usize + j) as u32);
+                            block.vals.push(v);
+                        }
+                    }
+                }
+                element = block.first_element + block.cols.len() as u64;
+                block.row_ends.push(element);
+            }
+            sink(block)?;
+            r = r_end;
+        }
+        Ok(())
+    }
+
+    /// CSC to CSR with bounded memory: pass 1 counts the values of each row; pass 2 scatters
+    /// (row, column, value) triples into bucket files, each bucket a range of rows holding at
+    /// most one block of values; each bucket is then ordered by row in memory and emitted. Column
+    /// order within a row comes out ascending because columns are visited in order.
+    fn stream_csc<S: Element>(
+        &self,
+        scratch: &Path,
+        sink: &mut dyn FnMut(Block<S>) -> Result<()>,
+    ) -> Result<()> {
+        let budget = BLOCK_ELEMENTS as u64;
+        // Pass 1: per-row counts (checks indptr and row indices on the way).
+        let mut counts = vec![0u64; self.n_rows as usize];
+        self.for_each_csc_run(false, &mut |a, b, _| {
+            let rows = self.read_minor(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
+            for r in rows {
+                counts[r as usize] += 1;
+            }
+            Ok(())
+        })?;
+        // Buckets: consecutive row ranges of at most `budget` values (a bigger row alone).
+        let mut bucket_of_row = Vec::with_capacity(counts.len());
+        let mut bucket_starts = vec![0u64]; // first row of each bucket
+        let mut filled = 0u64;
+        for (r, &c) in counts.iter().enumerate() {
+            if filled > 0 && filled + c > budget {
+                bucket_starts.push(r as u64);
+                filled = 0;
+            }
+            filled += c;
+            bucket_of_row.push((bucket_starts.len() - 1) as u32);
+        }
+        let n_buckets = bucket_starts.len();
+        let bucket_path = |k: usize| scratch.join(format!("csc-bucket-{k}"));
+        // Pass 2: scatter triples.
+        {
+            let mut writers = (0..n_buckets)
+                .map(|k| {
+                    let p = bucket_path(k);
+                    File::create(&p).map(|f| BufWriter::with_capacity(256 << 10, f)).at(&p)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.for_each_csc_run(true, &mut |a, b, columns| {
+                let rows = self.read_minor(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
+                let vals = self.read_values::<S>(a, b)?;
+                for ((r, v), &col) in rows.into_iter().zip(vals).zip(columns) {
+                    let k = bucket_of_row[r as usize] as usize;
+                    let w = &mut writers[k];
+                    let rec = (|| {
+                        w.write_all(&r.to_le_bytes())?;
+                        w.write_all(&col.to_le_bytes())?;
+                        w.write_all(bytemuck::bytes_of(&v))
+                    })();
+                    rec.at(bucket_path(k))?;
+                }
+                Ok(())
+            })?;
+            for (k, w) in writers.into_iter().enumerate() {
+                w.into_inner().map_err(|e| e.into_error()).at(bucket_path(k))?;
+            }
+        }
+        // Order each bucket by row and emit it.
+        let mut element = 0u64;
+        let rec_len = 8 + 4 + std::mem::size_of::<S>();
+        for k in 0..n_buckets {
+            let r0 = bucket_starts[k];
+            let r1 = bucket_starts.get(k + 1).copied().unwrap_or(self.n_rows);
+            let local = &counts[r0 as usize..r1 as usize];
+            let total: u64 = local.iter().sum();
+            let mut offsets: Vec<u64> = Vec::with_capacity(local.len());
+            let mut acc = 0;
+            for &c in local {
+                offsets.push(acc);
+                acc += c;
+            }
+            let mut cols = vec![0u32; total as usize];
+            let mut vals = vec![S::from_f64(0.0); total as usize];
+            let p = bucket_path(k);
+            let mut rd = BufReader::with_capacity(256 << 10, File::open(&p).at(&p)?);
+            let mut rec = vec![0u8; rec_len];
+            for _ in 0..total {
+                rd.read_exact(&mut rec).at(&p)?;
+                let r = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+                let c = u32::from_le_bytes(rec[8..12].try_into().expect("4 bytes"));
+                let v: S = bytemuck::pod_read_unaligned(&rec[12..]);
+                let slot = &mut offsets[(r - r0) as usize];
+                cols[*slot as usize] = c;
+                vals[*slot as usize] = v;
+                *slot += 1;
+            }
+            drop(rd);
+            std::fs::remove_file(&p).at(&p)?;
+            // After the scatter, offsets[i] is where row i ends (relative to the bucket).
+            let row_ends = offsets.iter().map(|&o| element + o).collect();
+            sink(Block {
+                first_row: r0,
+                first_element: element,
+                row_ends,
+                cols,
+                vals,
+            })?;
+            element += total;
+        }
+        Ok(())
+    }
+
+    /// Calls `visit(a, b, columns)` for runs of CSC elements [a, b) of at most one block,
+    /// with the column of each element when `with_columns` (pass 1 needs none).
+    fn for_each_csc_run(
+        &self,
+        with_columns: bool,
+        visit: &mut dyn FnMut(u64, u64, &[u32]) -> Result<()>,
+    ) -> Result<()> {
+        let budget = BLOCK_ELEMENTS as u64;
+        let mut columns = Vec::new();
+        self.walk_indptr(self.n_cols, &mut |first_col, ip| {
+            let (lo, hi) = (ip[0], ip[ip.len() - 1]);
+            let mut a = lo;
+            let mut k = 0; // column within the window holding element a
+            while a < hi {
+                let b = (a + budget).min(hi);
+                columns.clear();
+                if with_columns {
+                    for e in a..b {
+                        while ip[k + 1] <= e {
+                            k += 1;
+                        }
+                        columns.push((first_col + k as u64) as u32);
+                    }
+                }
+                visit(a, b, &columns)?;
+                a = b;
+            }
+            Ok(())
+        })
+    }
+}
