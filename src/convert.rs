@@ -183,7 +183,7 @@ fn stream_into<S: Element, T: Element>(
     let base = writer.nnz();
     let file = h5.path().to_path_buf();
     let location = format!("{}/data", m.location());
-    let (tx, rx) = mpsc::sync_channel::<Block<S>>(2);
+    let (tx, rx) = mpsc::sync_channel::<Block<S>>(1);
     std::thread::scope(|scope| {
         let consumer = scope.spawn(move || -> Result<()> {
             let mut vals: Vec<T> = Vec::new();

@@ -14,8 +14,8 @@ use crate::dtype::{Dtype, Element};
 use crate::error::{Error, IoContext, Result};
 
 /// Elements per block: bounds the memory of a conversion (a block of f64 values and u32
-/// columns is 48 MB) while keeping HDF5 reads large.
-pub const BLOCK_ELEMENTS: usize = 4 << 20;
+/// columns is 24 MB) while keeping HDF5 reads large.
+pub const BLOCK_ELEMENTS: usize = 2 << 20;
 
 /// Rows of indptr read at a time.
 const INDPTR_ROWS: u64 = 1 << 16;
@@ -305,49 +305,62 @@ impl<'a> MatrixReader<'a> {
         }
     }
 
-    /// Reads minor indices [a, b) (column indices for CSR, row indices for CSC) as u64,
-    /// checking 0 <= i < bound. `major_of` names the row/column of a bad entry for the message.
-    fn read_minor(
+    /// Reads minor indices [a, b) (column indices for CSR, row indices for CSC) in their
+    /// stored integer type, checking 0 <= i < bound, and narrows them to `O` (which holds
+    /// every value below `bound`). `describe` places a bad entry for the message.
+    fn read_minor<O: TryFrom<u64>>(
         &self,
         a: u64,
         b: u64,
         bound: u64,
         describe: &dyn Fn(u64) -> String,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<Vec<O>> {
         let ds = self.indices.as_ref().expect("sparse matrix has indices");
-        let signed = matches!(ds.dtype().and_then(|t| t.to_descriptor()), Ok(TypeDescriptor::Integer(_)));
-        let range = a as usize..b as usize;
-        let bad = |pos: u64, v: String| {
-            self.err(
-                "indices",
-                format!("index {v} out of range 0..{bound} at {}", describe(pos)),
-            )
-        };
-        if signed {
-            let v = ds
-                .read_slice_1d::<i64, _>(range)
-                .map_err(|e| self.read_failed("indices", e))?;
-            v.iter()
-                .enumerate()
-                .map(|(i, &x)| {
-                    if x >= 0 && (x as u64) < bound {
-                        Ok(x as u64)
-                    } else {
-                        Err(bad(a + i as u64, x.to_string()))
-                    }
-                })
-                .collect()
-        } else {
-            let v = ds
-                .read_slice_1d::<u64, _>(range)
-                .map_err(|e| self.read_failed("indices", e))?
-                .into_raw_vec_and_offset()
-                .0;
-            if let Some(i) = v.iter().position(|&x| x >= bound) {
-                return Err(bad(a + i as u64, v[i].to_string()));
-            }
-            Ok(v)
+        let desc = ds
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .map_err(|e| self.read_failed("indices", e))?;
+        match desc {
+            TypeDescriptor::Integer(IntSize::U1) => self.read_minor_as::<i8, O>(ds, a, b, bound, describe),
+            TypeDescriptor::Integer(IntSize::U2) => self.read_minor_as::<i16, O>(ds, a, b, bound, describe),
+            TypeDescriptor::Integer(IntSize::U4) => self.read_minor_as::<i32, O>(ds, a, b, bound, describe),
+            TypeDescriptor::Integer(IntSize::U8) => self.read_minor_as::<i64, O>(ds, a, b, bound, describe),
+            TypeDescriptor::Unsigned(IntSize::U1) => self.read_minor_as::<u8, O>(ds, a, b, bound, describe),
+            TypeDescriptor::Unsigned(IntSize::U2) => self.read_minor_as::<u16, O>(ds, a, b, bound, describe),
+            TypeDescriptor::Unsigned(IntSize::U4) => self.read_minor_as::<u32, O>(ds, a, b, bound, describe),
+            _ => self.read_minor_as::<u64, O>(ds, a, b, bound, describe),
         }
+    }
+
+    fn read_minor_as<I, O>(
+        &self,
+        ds: &hdf5::Dataset,
+        a: u64,
+        b: u64,
+        bound: u64,
+        describe: &dyn Fn(u64) -> String,
+    ) -> Result<Vec<O>>
+    where
+        I: hdf5::H5Type + Copy + Into<i128> + std::fmt::Display,
+        O: TryFrom<u64>,
+    {
+        let raw = ds
+            .read_slice_1d::<I, _>(a as usize..b as usize)
+            .map_err(|e| self.read_failed("indices", e))?;
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, &x) in raw.iter().enumerate() {
+            let wide: i128 = x.into();
+            match (wide >= 0 && (wide as u64) < bound).then(|| O::try_from(wide as u64).ok()).flatten() {
+                Some(v) => out.push(v),
+                None => {
+                    return Err(self.err(
+                        "indices",
+                        format!("index {x} out of range 0..{bound} at {}", describe(a + i as u64)),
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Walks indptr in chunks, checking it starts at 0, never decreases and ends at nnz; calls
@@ -447,11 +460,7 @@ impl<'a> MatrixReader<'a> {
             let row = first_row + row_ends.partition_point(|&e| e <= pos) as u64;
             format!("row {row} (element {pos})")
         };
-        let cols = self
-            .read_minor(start, end, self.n_cols, &describe)?
-            .into_iter()
-            .map(|c| c as u32)
-            .collect();
+        let cols = self.read_minor::<u32>(start, end, self.n_cols, &describe)?;
         sink(Block {
             first_row,
             first_element: start,
@@ -519,7 +528,7 @@ impl<'a> MatrixReader<'a> {
         // Pass 1: per-row counts (checks indptr and row indices on the way).
         let mut counts = vec![0u64; self.n_rows as usize];
         self.for_each_csc_run(false, &mut |a, b, _| {
-            let rows = self.read_minor(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
+            let rows = self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
             for r in rows {
                 counts[r as usize] += 1;
             }
@@ -548,7 +557,7 @@ impl<'a> MatrixReader<'a> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             self.for_each_csc_run(true, &mut |a, b, columns| {
-                let rows = self.read_minor(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
+                let rows = self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
                 let vals = self.read_values::<S>(a, b)?;
                 for ((r, v), &col) in rows.into_iter().zip(vals).zip(columns) {
                     let k = bucket_of_row[r as usize] as usize;
