@@ -85,7 +85,10 @@ pub fn input_files(input: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::Usage(format!("{}: no .h5ad files in this directory", input.display())));
+        return Err(Error::Usage(format!(
+            "{}: no .h5ad files in this directory",
+            input.display()
+        )));
     }
     out.sort();
     Ok(out)
@@ -96,7 +99,9 @@ fn promote(a: Dtype, b: Dtype) -> Dtype {
     let (a, b) = (a.unsigned_counterpart(), b.unsigned_counterpart());
     let size = a.size().max(b.size());
     match (a.is_float(), b.is_float()) {
-        (false, false) => [Dtype::U8, Dtype::U16, Dtype::U32, Dtype::U64][size.trailing_zeros() as usize],
+        (false, false) => {
+            [Dtype::U8, Dtype::U16, Dtype::U32, Dtype::U64][size.trailing_zeros() as usize]
+        }
         (true, true) => [Dtype::F16, Dtype::F32, Dtype::F64][size.trailing_zeros() as usize - 1],
         _ => {
             let (f, i) = if a.is_float() { (a, b) } else { (b, a) };
@@ -129,7 +134,10 @@ pub fn convert_files(
     progress: &dyn Progress,
 ) -> Result<WrittenArchive> {
     if output.symlink_metadata().is_ok() {
-        return Err(Error::Usage(format!("{}: already exists", output.display())));
+        return Err(Error::Usage(format!(
+            "{}: already exists",
+            output.display()
+        )));
     }
     // Open everything first: a bad file is reported before anything is written.
     let mut sources = Vec::with_capacity(files.len());
@@ -182,7 +190,7 @@ fn stream_into<S: Element, T: Element>(
 ) -> Result<()> {
     let base = writer.nnz();
     let file = h5.path().to_path_buf();
-    let location = format!("{}/data", m.location());
+    let location = m.values_location();
     let (tx, rx) = mpsc::sync_channel::<Block<S>>(1);
     std::thread::scope(|scope| {
         let consumer = scope.spawn(move || -> Result<()> {

@@ -10,7 +10,9 @@ use std::str::FromStr;
 use half::f16;
 
 #[cfg(not(target_endian = "little"))]
-compile_error!("scdl-fs writes SCDL arrays by casting memory to bytes; it supports little-endian targets only");
+compile_error!(
+    "scdl-fs writes SCDL arrays by casting memory to bytes; it supports little-endian targets only"
+);
 
 /// A numeric element type, named as numpy names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -137,7 +137,11 @@ impl FeatureIndex {
         let lp = dir.join("labels.npy");
         fs::write(&lp, npy::unicode_array(&labels, &[labels.len() as u64])).at(&lp)?;
         let vp = dir.join("version.npy");
-        fs::write(&vp, npy::unicode_array(std::slice::from_ref(&self.version), &[])).at(&vp)?;
+        fs::write(
+            &vp,
+            npy::unicode_array(std::slice::from_ref(&self.version), &[]),
+        )
+        .at(&vp)?;
         Ok(())
     }
 
@@ -178,7 +182,9 @@ impl FeatureIndex {
         for (i, p) in parquets.iter().enumerate() {
             let end = csum[i + 1];
             if end < start {
-                return Err(bad(format!("cumulative_sum_index.npy decreases at block {i}")));
+                return Err(bad(format!(
+                    "cumulative_sum_index.npy decreases at block {i}"
+                )));
             }
             blocks.push(FeatureBlock {
                 rows: (end - start) as u64,
@@ -224,7 +230,8 @@ fn write_parquet(path: &Path, frame: &FeatureFrame) -> Result<()> {
     let batch = if arrays.is_empty() {
         RecordBatch::new_empty(schema.clone())
     } else {
-        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| Error::archive(path, e.to_string()))?
+        RecordBatch::try_new(schema.clone(), arrays)
+            .map_err(|e| Error::archive(path, e.to_string()))?
     };
     let file = fs::File::create(path).at(path)?;
     let mut w = ArrowWriter::try_new(file, schema, None).map_err(fail)?;
@@ -247,15 +254,27 @@ fn from_arrow(path: &Path, name: &str, array: &dyn Array) -> Result<Column> {
     Ok(match array.data_type() {
         DataType::Utf8 => {
             let a = array.as_string::<i32>();
-            Column::Str((0..n).map(|i| opt(i).then(|| a.value(i).to_string())).collect())
+            Column::Str(
+                (0..n)
+                    .map(|i| opt(i).then(|| a.value(i).to_string()))
+                    .collect(),
+            )
         }
         DataType::LargeUtf8 => {
             let a = array.as_string::<i64>();
-            Column::Str((0..n).map(|i| opt(i).then(|| a.value(i).to_string())).collect())
+            Column::Str(
+                (0..n)
+                    .map(|i| opt(i).then(|| a.value(i).to_string()))
+                    .collect(),
+            )
         }
         DataType::Utf8View => {
             let a = array.as_string_view();
-            Column::Str((0..n).map(|i| opt(i).then(|| a.value(i).to_string())).collect())
+            Column::Str(
+                (0..n)
+                    .map(|i| opt(i).then(|| a.value(i).to_string()))
+                    .collect(),
+            )
         }
         DataType::Boolean => {
             let a = array.as_boolean();
@@ -302,7 +321,8 @@ fn from_arrow(path: &Path, name: &str, array: &dyn Array) -> Result<Column> {
 fn read_parquet(path: &Path) -> Result<FeatureFrame> {
     let fail = |e: String| Error::archive(path, e);
     let file = fs::File::open(path).at(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| fail(e.to_string()))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| fail(e.to_string()))?;
     let num_vars = builder.metadata().file_metadata().num_rows() as u64;
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(|e| fail(e.to_string()))?;
@@ -321,7 +341,10 @@ fn read_parquet(path: &Path) -> Result<FeatureFrame> {
         // A file with no batches still has its schema.
         for field in schema.fields() {
             let empty = arrow_array::new_empty_array(field.data_type());
-            columns.push((field.name().clone(), from_arrow(path, field.name(), empty.as_ref())?));
+            columns.push((
+                field.name().clone(),
+                from_arrow(path, field.name(), empty.as_ref())?,
+            ));
         }
     }
     Ok(FeatureFrame { num_vars, columns })
@@ -348,7 +371,12 @@ mod tests {
             index: ids.iter().map(|s| s.to_string()).collect(),
             columns: vec![(
                 "n".into(),
-                Column::Int(ids.iter().enumerate().map(|(i, _)| Some(i as i64)).collect()),
+                Column::Int(
+                    ids.iter()
+                        .enumerate()
+                        .map(|(i, _)| Some(i as i64))
+                        .collect(),
+                ),
             )],
         })
     }
@@ -356,10 +384,26 @@ mod tests {
     #[test]
     fn index_round_trips_and_merges_identical_neighbours() {
         let mut idx = FeatureIndex::new("0.1.3");
-        idx.push(FeatureBlock { rows: 5, label: "a".into(), frame: frame(&["G1", "G2"]) });
-        idx.push(FeatureBlock { rows: 3, label: "b".into(), frame: frame(&["G1", "G2"]) });
-        idx.push(FeatureBlock { rows: 0, label: "c".into(), frame: frame(&["G3"]) });
-        idx.push(FeatureBlock { rows: 2, label: "d".into(), frame: frame(&["G1", "G2"]) });
+        idx.push(FeatureBlock {
+            rows: 5,
+            label: "a".into(),
+            frame: frame(&["G1", "G2"]),
+        });
+        idx.push(FeatureBlock {
+            rows: 3,
+            label: "b".into(),
+            frame: frame(&["G1", "G2"]),
+        });
+        idx.push(FeatureBlock {
+            rows: 0,
+            label: "c".into(),
+            frame: frame(&["G3"]),
+        });
+        idx.push(FeatureBlock {
+            rows: 2,
+            label: "d".into(),
+            frame: frame(&["G1", "G2"]),
+        });
         assert_eq!(idx.blocks.len(), 3);
         assert_eq!(idx.cumulative_sum_index(), vec![-1, 8, 8, 10]);
         assert_eq!(idx.block_of_row(8), Some((2, 8)));

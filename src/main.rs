@@ -14,7 +14,11 @@ use scdl_fs::h5ad::MatrixChoice;
 const EXIT_FAILED: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "scdl-fs", version, about = "Single-cell data as SCDL archives and as a filesystem")]
+#[command(
+    name = "scdl-fs",
+    version,
+    about = "Single-cell data as SCDL archives and as a filesystem"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,19 +66,32 @@ fn progress_bar() -> Bar {
     // indicatif draws to stderr only when it is a terminal.
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     Bar(bar)
 }
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Convert { input, output, matrix, data_dtype, allow_lossy } => {
-            let opts = ConvertOptions { matrix, data_dtype, allow_lossy };
+        Command::Convert {
+            input,
+            output,
+            matrix,
+            data_dtype,
+            allow_lossy,
+        } => {
+            let opts = ConvertOptions {
+                matrix,
+                data_dtype,
+                allow_lossy,
+            };
             let bar = progress_bar();
-            let written = convert::convert(&input, &output, &opts, &bar).map_err(|e| e.to_string())?;
+            let written =
+                convert::convert(&input, &output, &opts, &bar).map_err(|e| e.to_string())?;
             bar.0.finish_and_clear();
             eprintln!(
                 "{}: {} rows, {} values ({})",
@@ -89,7 +106,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let a = Archive::open(&archive).map_err(|e| e.to_string())?;
             let info = a.info();
             if json {
-                println!("{}", serde_json::to_string_pretty(&info).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).expect("serialisable")
+                );
             } else {
                 println!("archive   {}", info.path);
                 println!("version   {}", info.version);

@@ -110,7 +110,10 @@ pub fn parse_header(bytes: &[u8]) -> Result<(String, Vec<u64>, usize), String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u64>().map_err(|_| format!("bad .npy shape {shape_text}")))
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| format!("bad .npy shape {shape_text}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((descr, shape, end))
 }
@@ -171,7 +174,9 @@ pub fn read_array(bytes: &[u8]) -> Result<NpyArray, String> {
             }
             Ok(NpyArray::Unicode(out))
         }
-        d => Err(format!("unsupported .npy dtype {d} (pickled objects are never loaded)")),
+        d => Err(format!(
+            "unsupported .npy dtype {d} (pickled objects are never loaded)"
+        )),
     }
 }
 

@@ -17,7 +17,11 @@ fn scdl(args: &[&str]) -> std::process::Output {
 
 fn str_attr(loc: &hdf5::Location, name: &str, value: &str) {
     let v: VarLenUnicode = value.parse().unwrap();
-    loc.new_attr::<VarLenUnicode>().create(name).unwrap().write_scalar(&v).unwrap();
+    loc.new_attr::<VarLenUnicode>()
+        .create(name)
+        .unwrap()
+        .write_scalar(&v)
+        .unwrap();
 }
 
 /// A CSR matrix written field by field, so each test can break one thing.
@@ -44,10 +48,24 @@ impl Csr {
         let x = f.create_group("X").unwrap();
         str_attr(&x, "encoding-type", "csr_matrix");
         str_attr(&x, "encoding-version", "0.1.0");
-        x.new_attr::<i64>().shape(self.shape.len()).create("shape").unwrap().write_raw(&self.shape).unwrap();
-        x.new_dataset_builder().with_data(&self.data).create("data").unwrap();
-        x.new_dataset_builder().with_data(&self.indices).create("indices").unwrap();
-        x.new_dataset_builder().with_data(&self.indptr).create("indptr").unwrap();
+        x.new_attr::<i64>()
+            .shape(self.shape.len())
+            .create("shape")
+            .unwrap()
+            .write_raw(&self.shape)
+            .unwrap();
+        x.new_dataset_builder()
+            .with_data(&self.data)
+            .create("data")
+            .unwrap();
+        x.new_dataset_builder()
+            .with_data(&self.indices)
+            .create("indices")
+            .unwrap();
+        x.new_dataset_builder()
+            .with_data(&self.indptr)
+            .create("indptr")
+            .unwrap();
     }
 }
 
@@ -78,14 +96,30 @@ impl Case {
         let before = std::fs::read(&self.input).unwrap();
         let listing_before = listing(self.dir.path());
         let out = self.dir.path().join("out");
-        let o = scdl(&["convert", self.input.to_str().unwrap(), out.to_str().unwrap()]);
+        let o = scdl(&[
+            "convert",
+            self.input.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
         let err = stderr(&o);
         assert!(!o.status.success(), "conversion should fail; stderr: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "one-line error expected, got: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one-line error expected, got: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
         assert!(!out.exists(), "no output after a failure");
-        assert_eq!(listing(self.dir.path()), listing_before, "no temporary files left");
-        assert_eq!(std::fs::read(&self.input).unwrap(), before, "input unchanged");
+        assert_eq!(
+            listing(self.dir.path()),
+            listing_before,
+            "no temporary files left"
+        );
+        assert_eq!(
+            std::fs::read(&self.input).unwrap(),
+            before,
+            "input unchanged"
+        );
         err
     }
 }
@@ -111,7 +145,10 @@ fn the_good_matrix_converts() {
     let o = scdl(&["convert", c.input.to_str().unwrap(), out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let row_ptr = std::fs::read(out.join("row_ptr.npy")).unwrap();
-    let row_ptr: Vec<u64> = row_ptr.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    let row_ptr: Vec<u64> = row_ptr
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     assert_eq!(row_ptr, vec![0, 2, 2, 3]);
 }
 
@@ -189,8 +226,15 @@ fn missing_x() {
 fn string_x() {
     let err = Case::new(|p| {
         let f = hdf5::File::create(p).unwrap();
-        let v: Vec<VarLenUnicode> = ["a", "b", "c", "d"].iter().map(|s| s.parse().unwrap()).collect();
-        let x = f.new_dataset::<VarLenUnicode>().shape((2, 2)).create("X").unwrap();
+        let v: Vec<VarLenUnicode> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let x = f
+            .new_dataset::<VarLenUnicode>()
+            .shape((2, 2))
+            .create("X")
+            .unwrap();
         x.write_raw(&v).unwrap();
     })
     .fails();
@@ -226,10 +270,25 @@ fn lossy_value_is_named() {
     let c = csr_case(|m| m.data = vec![1.0, 70000.0, 3.0]);
     let before = std::fs::read(&c.input).unwrap();
     let out = c.dir.path().join("out");
-    let o = scdl(&["convert", c.input.to_str().unwrap(), out.to_str().unwrap(), "--data-dtype", "uint16"]);
+    let o = scdl(&[
+        "convert",
+        c.input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--data-dtype",
+        "uint16",
+    ]);
     let err = stderr(&o);
     assert!(!o.status.success());
-    assert_mentions(&err, &["/X/data", "value 70000", "row 0, column 2", "uint16", "--allow-lossy"]);
+    assert_mentions(
+        &err,
+        &[
+            "/X/data",
+            "value 70000",
+            "row 0, column 2",
+            "uint16",
+            "--allow-lossy",
+        ],
+    );
     assert!(!out.exists());
     assert_eq!(std::fs::read(&c.input).unwrap(), before);
     // With --allow-lossy it converts (saturating).
@@ -243,7 +302,13 @@ fn lossy_value_is_named() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let data = std::fs::read(out.join("data.npy")).unwrap();
-    assert_eq!(data, [1u16, 65535, 3].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    assert_eq!(
+        data,
+        [1u16, 65535, 3]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    );
 }
 
 #[test]

@@ -31,9 +31,17 @@ pub fn dtype_code(d: Dtype) -> Option<u32> {
 }
 
 fn dtype_of_code(c: u32) -> Option<Dtype> {
-    [Dtype::U8, Dtype::U16, Dtype::U32, Dtype::U64, Dtype::F16, Dtype::F32, Dtype::F64]
-        .into_iter()
-        .find(|d| dtype_code(*d) == Some(c))
+    [
+        Dtype::U8,
+        Dtype::U16,
+        Dtype::U32,
+        Dtype::U64,
+        Dtype::F16,
+        Dtype::F32,
+        Dtype::F64,
+    ]
+    .into_iter()
+    .find(|d| dtype_code(*d) == Some(c))
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -102,10 +110,14 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn string(&mut self) -> Result<String, String> {
         let n = self.u32()? as usize;
@@ -137,7 +149,11 @@ pub fn decode_arrays(bytes: &[u8]) -> Result<Vec<ArrayEntry>, String> {
         c.skip_shape()?;
         let dtype = dtype_of_code(code)
             .ok_or_else(|| format!("header.sch: array {name} has unsupported dtype code {code}"))?;
-        arrays.push(ArrayEntry { name, length, dtype });
+        arrays.push(ArrayEntry {
+            name,
+            length,
+            dtype,
+        });
     }
     Ok(arrays)
 }
@@ -149,8 +165,16 @@ mod tests {
     #[test]
     fn arrays_round_trip() {
         let arrays = vec![
-            ArrayEntry { name: "DATA".into(), length: 10, dtype: Dtype::F64 },
-            ArrayEntry { name: "ROWPTR".into(), length: 4, dtype: Dtype::U64 },
+            ArrayEntry {
+                name: "DATA".into(),
+                length: 10,
+                dtype: Dtype::F64,
+            },
+            ArrayEntry {
+                name: "ROWPTR".into(),
+                length: 4,
+                dtype: Dtype::U64,
+            },
         ];
         let idx = vec![FeatureIndexEntry {
             name: "features".into(),

@@ -105,9 +105,8 @@ fn read_dtypes(path: &Path) -> Result<(Dtype, Dtype, Dtype)> {
         let get = |k: &str, default: Dtype| -> Result<Dtype> {
             match v.get(k) {
                 None => Ok(default),
-                Some(serde_json::Value::String(s)) => {
-                    Dtype::from_numpy(s).ok_or_else(|| bad(format!("dtypes.json: unknown dtype {s} for {k}")))
-                }
+                Some(serde_json::Value::String(s)) => Dtype::from_numpy(s)
+                    .ok_or_else(|| bad(format!("dtypes.json: unknown dtype {s} for {k}"))),
                 Some(other) => Err(bad(format!("dtypes.json: bad entry {other} for {k}"))),
             }
         };
@@ -153,8 +152,9 @@ impl Archive {
             return Err(bad("not a directory".into()));
         }
         let meta_path = path.join(FileNames::METADATA);
-        let meta: serde_json::Value = serde_json::from_str(&fs::read_to_string(&meta_path).at(&meta_path)?)
-            .map_err(|e| bad(format!("metadata.json: {e}")))?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&meta_path).at(&meta_path)?)
+                .map_err(|e| bad(format!("metadata.json: {e}")))?;
         let num_rows = meta
             .get("num_rows")
             .and_then(|v| v.as_u64())
@@ -169,7 +169,10 @@ impl Archive {
             (FileNames::ROW_PTR, &row_ptr, row_ptr_dtype),
         ] {
             if m.len() % d.size() != 0 {
-                return Err(bad(format!("{name}: {} bytes is not a whole number of {d} values", m.len())));
+                return Err(bad(format!(
+                    "{name}: {} bytes is not a whole number of {d} values",
+                    m.len()
+                )));
             }
         }
         let nnz = (data.len() / data_dtype.size()) as u64;
@@ -189,7 +192,11 @@ impl Archive {
         let version = fs::read_to_string(path.join(FileNames::VERSION))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
             .unwrap_or_default();
         let fdir = [FileNames::FEATURES, FileNames::VAR_FEATURES]
             .iter()
@@ -228,19 +235,28 @@ impl Archive {
         }
         let mut prev = self.row_ptr_at(0);
         if prev != 0 {
-            return Err(Error::archive(&self.path, format!("row_ptr.npy starts at {prev}, not 0")));
+            return Err(Error::archive(
+                &self.path,
+                format!("row_ptr.npy starts at {prev}, not 0"),
+            ));
         }
         for i in 1..=self.num_rows {
             let v = self.row_ptr_at(i);
             if v < prev {
-                return Err(Error::archive(&self.path, format!("row_ptr.npy decreases at row {}", i - 1)));
+                return Err(Error::archive(
+                    &self.path,
+                    format!("row_ptr.npy decreases at row {}", i - 1),
+                ));
             }
             prev = v;
         }
         if prev != self.nnz {
             return Err(Error::archive(
                 &self.path,
-                format!("row_ptr.npy ends at {prev} but data.npy holds {} values", self.nnz),
+                format!(
+                    "row_ptr.npy ends at {prev} but data.npy holds {} values",
+                    self.nnz
+                ),
             ));
         }
         Ok(())

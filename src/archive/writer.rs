@@ -52,7 +52,10 @@ pub fn temp_path_for(output: &Path) -> Result<PathBuf> {
     let name = output
         .file_name()
         .ok_or_else(|| Error::Usage(format!("{}: not a valid output path", output.display())))?;
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(parent.join(format!(
@@ -64,7 +67,10 @@ pub fn temp_path_for(output: &Path) -> Result<PathBuf> {
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>> {
-    Ok(BufWriter::with_capacity(WRITE_BUFFER, File::create(path).at(path)?))
+    Ok(BufWriter::with_capacity(
+        WRITE_BUFFER,
+        File::create(path).at(path)?,
+    ))
 }
 
 impl ArchiveWriter {
@@ -76,7 +82,10 @@ impl ArchiveWriter {
             )));
         }
         if output.symlink_metadata().is_ok() {
-            return Err(Error::Usage(format!("{}: already exists", output.display())));
+            return Err(Error::Usage(format!(
+                "{}: already exists",
+                output.display()
+            )));
         }
         let tmp_path = temp_path_for(output)?;
         fs::create_dir(&tmp_path).at(&tmp_path)?;
@@ -87,7 +96,9 @@ impl ArchiveWriter {
         let data = create(&tmp.path.join(FileNames::DATA))?;
         let cols = create(&tmp.path.join(FileNames::COL_PTR))?;
         let mut row_ptr = create(&tmp.path.join(FileNames::ROW_PTR))?;
-        row_ptr.write_all(&0u64.to_le_bytes()).at(tmp.path.join(FileNames::ROW_PTR))?;
+        row_ptr
+            .write_all(&0u64.to_le_bytes())
+            .at(tmp.path.join(FileNames::ROW_PTR))?;
         Ok(ArchiveWriter {
             output: output.to_path_buf(),
             tmp,
@@ -168,14 +179,20 @@ impl ArchiveWriter {
             w.flush().at(&p)?;
             w.get_ref().sync_all().at(&p)?;
         }
-        write_synced(&dir.join(FileNames::METADATA), &serde_json::json!({ "num_rows": self.rows }).to_string())?;
+        write_synced(
+            &dir.join(FileNames::METADATA),
+            &serde_json::json!({ "num_rows": self.rows }).to_string(),
+        )?;
         let dtypes = serde_json::json!({
             FileNames::DATA: self.dtype.name(),
             FileNames::COL_PTR: "uint32",
             FileNames::ROW_PTR: "uint64",
         });
         write_synced(&dir.join(FileNames::DTYPES), &dtypes.to_string())?;
-        write_synced(&dir.join(FileNames::VERSION), &serde_json::json!(ARCHIVE_VERSION).to_string())?;
+        write_synced(
+            &dir.join(FileNames::VERSION),
+            &serde_json::json!(ARCHIVE_VERSION).to_string(),
+        )?;
         let fdir = dir.join(FileNames::FEATURES);
         features.write(&fdir)?;
         for entry in fs::read_dir(&fdir).at(&fdir)? {
@@ -185,9 +202,21 @@ impl ArchiveWriter {
         sync_dir(&fdir)?;
         let header = header::encode(
             &[
-                header::ArrayEntry { name: "DATA".into(), length: self.nnz, dtype: self.dtype },
-                header::ArrayEntry { name: "ROWPTR".into(), length: self.rows + 1, dtype: Dtype::U64 },
-                header::ArrayEntry { name: "COLPTR".into(), length: self.nnz, dtype: Dtype::U32 },
+                header::ArrayEntry {
+                    name: "DATA".into(),
+                    length: self.nnz,
+                    dtype: self.dtype,
+                },
+                header::ArrayEntry {
+                    name: "ROWPTR".into(),
+                    length: self.rows + 1,
+                    dtype: Dtype::U64,
+                },
+                header::ArrayEntry {
+                    name: "COLPTR".into(),
+                    length: self.nnz,
+                    dtype: Dtype::U32,
+                },
             ],
             &[header::FeatureIndexEntry {
                 name: FileNames::FEATURES.into(),
@@ -215,7 +244,13 @@ fn feature_files(fdir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = fs::read_dir(fdir)
         .at(fdir)?
         .filter_map(|e| e.ok())
-        .map(|e| format!("{}/{}", FileNames::FEATURES, e.file_name().to_string_lossy()))
+        .map(|e| {
+            format!(
+                "{}/{}",
+                FileNames::FEATURES,
+                e.file_name().to_string_lossy()
+            )
+        })
         .collect();
     names.sort();
     Ok(names)
@@ -240,11 +275,20 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
 pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::Usage(format!("{}: path contains NUL", p.display())));
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::Usage(format!("{}: path contains NUL", p.display())))
+    };
     let (f, t) = (c(from)?, c(to)?);
     // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
     };
     if rc == 0 {
         return Ok(());

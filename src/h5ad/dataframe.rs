@@ -90,7 +90,11 @@ pub(super) fn read(h5: &H5ad, path: &str) -> Result<DataFrame> {
         if col.len() != index.len() {
             return Err(h5.error(
                 &format!("{path}/{name}"),
-                format!("column has {} values but the index has {}", col.len(), index.len()),
+                format!(
+                    "column has {} values but the index has {}",
+                    col.len(),
+                    index.len()
+                ),
             ));
         }
         columns.push((name, col));
@@ -132,7 +136,11 @@ fn read_column(h5: &H5ad, group: &hdf5::Group, path: &str, name: &str) -> Result
     };
     match encoding.as_str() {
         "categorical" => {
-            let categories = stringify(read_array(h5, &format!("{loc}/categories"), &member("categories")?)?);
+            let categories = stringify(read_array(
+                h5,
+                &format!("{loc}/categories"),
+                &member("categories")?,
+            )?);
             let codes = member("codes")?
                 .read_raw::<i64>()
                 .map_err(|e| h5.error(&format!("{loc}/codes"), e.to_string()))?;
@@ -140,9 +148,13 @@ fn read_column(h5: &H5ad, group: &hdf5::Group, path: &str, name: &str) -> Result
                 .into_iter()
                 .map(|c| match c {
                     c if c < 0 => Ok(None),
-                    c => categories.get(c as usize).cloned().map(Some).ok_or_else(|| {
-                        h5.error(&format!("{loc}/codes"), format!("code {c} has no category"))
-                    }),
+                    c => categories
+                        .get(c as usize)
+                        .cloned()
+                        .map(Some)
+                        .ok_or_else(|| {
+                            h5.error(&format!("{loc}/codes"), format!("code {c} has no category"))
+                        }),
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Column::Str)
@@ -180,7 +192,10 @@ fn apply_mask(values: Column, mask: &[u8]) -> Column {
 fn read_array(h5: &H5ad, loc: &str, ds: &hdf5::Dataset) -> Result<Column> {
     let fail = |e: hdf5::Error| h5.error(loc, format!("read failed: {e}"));
     if ds.ndim() > 1 {
-        return Err(h5.error(loc, format!("expected a 1-D column, found shape {:?}", ds.shape())));
+        return Err(h5.error(
+            loc,
+            format!("expected a 1-D column, found shape {:?}", ds.shape()),
+        ));
     }
     let desc = ds.dtype().and_then(|t| t.to_descriptor()).map_err(fail)?;
     Ok(match desc {

@@ -17,6 +17,9 @@ use crate::error::{Error, IoContext, Result};
 /// columns is 24 MB) while keeping HDF5 reads large.
 pub const BLOCK_ELEMENTS: usize = 2 << 20;
 
+/// Receives (first element, end element, column of each element) for a run of CSC elements.
+type CscRunVisitor<'v> = dyn FnMut(u64, u64, &[u32]) -> Result<()> + 'v;
+
 /// Rows of indptr read at a time.
 const INDPTR_ROWS: u64 = 1 << 16;
 
@@ -146,7 +149,11 @@ impl<'a> MatrixReader<'a> {
                 format!("has {} entries but data has {nnz}", indices.size()),
             ));
         }
-        let major = if layout == Layout::Csr { n_rows } else { n_cols };
+        let major = if layout == Layout::Csr {
+            n_rows
+        } else {
+            n_cols
+        };
         if indptr.size() as u64 != major + 1 {
             return Err(h5.error(
                 &format!("{path}/indptr"),
@@ -242,6 +249,14 @@ impl<'a> MatrixReader<'a> {
         &self.path
     }
 
+    /// The HDF5 dataset holding the values (for messages).
+    pub fn values_location(&self) -> String {
+        match self.layout {
+            Layout::Dense => self.path.clone(),
+            Layout::Csr | Layout::Csc => format!("{}/data", self.path),
+        }
+    }
+
     fn err(&self, member: &str, message: impl Into<String>) -> Error {
         let loc = if member.is_empty() {
             self.path.clone()
@@ -252,7 +267,10 @@ impl<'a> MatrixReader<'a> {
     }
 
     fn read_failed(&self, member: &str, e: hdf5::Error) -> Error {
-        self.err(member, format!("read failed (truncated or corrupt file?): {e}"))
+        self.err(
+            member,
+            format!("read failed (truncated or corrupt file?): {e}"),
+        )
     }
 
     /// Streams the matrix as CSR blocks in row order. `S` must be the matrix's own element type
@@ -262,7 +280,11 @@ impl<'a> MatrixReader<'a> {
         scratch: &Path,
         sink: &mut dyn FnMut(Block<S>) -> Result<()>,
     ) -> Result<()> {
-        assert_eq!(S::DTYPE, self.dtype, "stream() called with the wrong element type");
+        assert_eq!(
+            S::DTYPE,
+            self.dtype,
+            "stream() called with the wrong element type"
+        );
         match self.layout {
             Layout::Csr => self.stream_csr(sink),
             Layout::Dense => self.stream_dense(sink),
@@ -282,7 +304,10 @@ impl<'a> MatrixReader<'a> {
     /// Reads indptr entries [a, b) as u64, checking they are non-negative.
     fn read_indptr(&self, a: u64, b: u64) -> Result<Vec<u64>> {
         let ds = self.indptr.as_ref().expect("sparse matrix has indptr");
-        let signed = matches!(ds.dtype().and_then(|t| t.to_descriptor()), Ok(TypeDescriptor::Integer(_)));
+        let signed = matches!(
+            ds.dtype().and_then(|t| t.to_descriptor()),
+            Ok(TypeDescriptor::Integer(_))
+        );
         let range = a as usize..b as usize;
         if signed {
             let v = ds
@@ -292,7 +317,10 @@ impl<'a> MatrixReader<'a> {
                 .enumerate()
                 .map(|(i, &x)| {
                     u64::try_from(x).map_err(|_| {
-                        self.err("indptr", format!("negative entry {x} at position {}", a + i as u64))
+                        self.err(
+                            "indptr",
+                            format!("negative entry {x} at position {}", a + i as u64),
+                        )
                     })
                 })
                 .collect()
@@ -321,13 +349,27 @@ impl<'a> MatrixReader<'a> {
             .and_then(|t| t.to_descriptor())
             .map_err(|e| self.read_failed("indices", e))?;
         match desc {
-            TypeDescriptor::Integer(IntSize::U1) => self.read_minor_as::<i8, O>(ds, a, b, bound, describe),
-            TypeDescriptor::Integer(IntSize::U2) => self.read_minor_as::<i16, O>(ds, a, b, bound, describe),
-            TypeDescriptor::Integer(IntSize::U4) => self.read_minor_as::<i32, O>(ds, a, b, bound, describe),
-            TypeDescriptor::Integer(IntSize::U8) => self.read_minor_as::<i64, O>(ds, a, b, bound, describe),
-            TypeDescriptor::Unsigned(IntSize::U1) => self.read_minor_as::<u8, O>(ds, a, b, bound, describe),
-            TypeDescriptor::Unsigned(IntSize::U2) => self.read_minor_as::<u16, O>(ds, a, b, bound, describe),
-            TypeDescriptor::Unsigned(IntSize::U4) => self.read_minor_as::<u32, O>(ds, a, b, bound, describe),
+            TypeDescriptor::Integer(IntSize::U1) => {
+                self.read_minor_as::<i8, O>(ds, a, b, bound, describe)
+            }
+            TypeDescriptor::Integer(IntSize::U2) => {
+                self.read_minor_as::<i16, O>(ds, a, b, bound, describe)
+            }
+            TypeDescriptor::Integer(IntSize::U4) => {
+                self.read_minor_as::<i32, O>(ds, a, b, bound, describe)
+            }
+            TypeDescriptor::Integer(IntSize::U8) => {
+                self.read_minor_as::<i64, O>(ds, a, b, bound, describe)
+            }
+            TypeDescriptor::Unsigned(IntSize::U1) => {
+                self.read_minor_as::<u8, O>(ds, a, b, bound, describe)
+            }
+            TypeDescriptor::Unsigned(IntSize::U2) => {
+                self.read_minor_as::<u16, O>(ds, a, b, bound, describe)
+            }
+            TypeDescriptor::Unsigned(IntSize::U4) => {
+                self.read_minor_as::<u32, O>(ds, a, b, bound, describe)
+            }
             _ => self.read_minor_as::<u64, O>(ds, a, b, bound, describe),
         }
     }
@@ -350,12 +392,18 @@ impl<'a> MatrixReader<'a> {
         let mut out = Vec::with_capacity(raw.len());
         for (i, &x) in raw.iter().enumerate() {
             let wide: i128 = x.into();
-            match (wide >= 0 && (wide as u64) < bound).then(|| O::try_from(wide as u64).ok()).flatten() {
+            match (wide >= 0 && (wide as u64) < bound)
+                .then(|| O::try_from(wide as u64).ok())
+                .flatten()
+            {
                 Some(v) => out.push(v),
                 None => {
                     return Err(self.err(
                         "indices",
-                        format!("index {x} out of range 0..{bound} at {}", describe(a + i as u64)),
+                        format!(
+                            "index {x} out of range 0..{bound} at {}",
+                            describe(a + i as u64)
+                        ),
                     ))
                 }
             }
@@ -366,8 +414,16 @@ impl<'a> MatrixReader<'a> {
     /// Walks indptr in chunks, checking it starts at 0, never decreases and ends at nnz; calls
     /// `visit(first_major, entries)` with overlapping windows (`entries[k]` is the start of
     /// major `first_major + k`; the last entry of one window is the first of the next).
-    fn walk_indptr(&self, major: u64, visit: &mut dyn FnMut(u64, &[u64]) -> Result<()>) -> Result<()> {
-        let what = if self.layout == Layout::Csr { "row" } else { "column" };
+    fn walk_indptr(
+        &self,
+        major: u64,
+        visit: &mut dyn FnMut(u64, &[u64]) -> Result<()>,
+    ) -> Result<()> {
+        let what = if self.layout == Layout::Csr {
+            "row"
+        } else {
+            "column"
+        };
         let mut m = 0;
         loop {
             let end = (m + INDPTR_ROWS).min(major);
@@ -528,7 +584,8 @@ impl<'a> MatrixReader<'a> {
         // Pass 1: per-row counts (checks indptr and row indices on the way).
         let mut counts = vec![0u64; self.n_rows as usize];
         self.for_each_csc_run(false, &mut |a, b, _| {
-            let rows = self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
+            let rows =
+                self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
             for r in rows {
                 counts[r as usize] += 1;
             }
@@ -553,11 +610,14 @@ impl<'a> MatrixReader<'a> {
             let mut writers = (0..n_buckets)
                 .map(|k| {
                     let p = bucket_path(k);
-                    File::create(&p).map(|f| BufWriter::with_capacity(256 << 10, f)).at(&p)
+                    File::create(&p)
+                        .map(|f| BufWriter::with_capacity(256 << 10, f))
+                        .at(&p)
                 })
                 .collect::<Result<Vec<_>>>()?;
             self.for_each_csc_run(true, &mut |a, b, columns| {
-                let rows = self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
+                let rows =
+                    self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
                 let vals = self.read_values::<S>(a, b)?;
                 for ((r, v), &col) in rows.into_iter().zip(vals).zip(columns) {
                     let k = bucket_of_row[r as usize] as usize;
@@ -572,7 +632,9 @@ impl<'a> MatrixReader<'a> {
                 Ok(())
             })?;
             for (k, w) in writers.into_iter().enumerate() {
-                w.into_inner().map_err(|e| e.into_error()).at(bucket_path(k))?;
+                w.into_inner()
+                    .map_err(|e| e.into_error())
+                    .at(bucket_path(k))?;
             }
         }
         // Order each bucket by row and emit it.
@@ -625,7 +687,7 @@ impl<'a> MatrixReader<'a> {
     fn for_each_csc_run(
         &self,
         with_columns: bool,
-        visit: &mut dyn FnMut(u64, u64, &[u32]) -> Result<()>,
+        visit: &mut CscRunVisitor<'_>,
     ) -> Result<()> {
         let budget = BLOCK_ELEMENTS as u64;
         let mut columns = Vec::new();

@@ -67,7 +67,11 @@ impl H5ad {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
         if n < 8 || &head != HDF5_SIGNATURE {
-            let what = if n == 0 { "empty file" } else { "no HDF5 signature" };
+            let what = if n == 0 {
+                "empty file"
+            } else {
+                "no HDF5 signature"
+            };
             return Err(bad(format!("not an HDF5 file ({what})")));
         }
         let file = hdf5::File::open(path)
@@ -96,7 +100,8 @@ impl H5ad {
 
     /// Where the chosen matrix and its var dataframe live: (matrix path, var path).
     pub fn locate(&self, choice: &MatrixChoice) -> Result<(String, String)> {
-        let modern_raw = self.has("raw") && self.file.group("raw").is_ok_and(|g| g.link_exists("X"));
+        let modern_raw =
+            self.has("raw") && self.file.group("raw").is_ok_and(|g| g.link_exists("X"));
         let legacy_raw = self.has("raw.X");
         let raw = if modern_raw {
             Some(("/raw/X".to_string(), "/raw/var".to_string()))

@@ -30,7 +30,10 @@ pub fn python() -> PathBuf {
 }
 
 pub fn scdl(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run scdl-fs")
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run scdl-fs")
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Conversion benchmark: scdl-fs convert vs bionemo-scdl 0.1.3 on the same .h5ad, side by side.
+# Prints wall time, throughput (input MB/s) and peak RSS for each run, then the medians.
+#
+#   bench/convert.sh [INPUT.h5ad] [RUNS]
+# Default input: bench-data/bench.h5ad, made (once) by bench/make_h5ad.py (200,000 x 20,000, 2.4 %).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)"
+VENV="$(dirname "$(dirname "$PY")")"
+INPUT="${1:-$ROOT/bench-data/bench.h5ad}"
+RUNS="${2:-5}"
+if [[ ! -f "$INPUT" ]]; then
+  mkdir -p "$(dirname "$INPUT")"
+  "$PY" "$ROOT/bench/make_h5ad.py" "$INPUT"
+fi
+cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
+BIN="$ROOT/target/release/scdl-fs"
+WORK="$(mktemp -d "$(dirname "$INPUT")/bench-out.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+MB=$(( $(stat -c %s "$INPUT") / 1000000 ))
+cat "$INPUT" >/dev/null   # warm the page cache: both tools read from memory
+
+measure() {  # label, command...
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; exit 1; }
+  read -r wall rss <"$WORK/time"
+  printf '%s %s %s\n' "$label" "$wall" "$rss"
+}
+
+results="$WORK/results"
+for i in $(seq "$RUNS"); do
+  rm -rf "$WORK/ours"
+  measure scdl-fs "$BIN" convert "$INPUT" "$WORK/ours" >>"$results"
+  rm -rf "$WORK/bionemo"
+  measure bionemo-0.1.3 env PYTHONPATH="$VENV/bionemo-0.1.3:$ROOT/tests/oracle/torch_stub" "$PY" -W ignore -c \
+    "import sys; from bionemo.scdl.io.single_cell_memmap_dataset import SingleCellMemMapDataset as D; D(sys.argv[1], h5ad_path=sys.argv[2], use_X_not_raw=True)" \
+    "$WORK/bionemo" "$INPUT" >>"$results"
+done
+echo "input: $INPUT ($MB MB), $RUNS runs each"
+echo "| tool | median wall s | median MB/s | median peak RSS MB | runs (wall s) |"
+echo "|---|---|---|---|---|"
+median() { sort -n | awk '{ v[NR]=$1 } END { print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2 }'; }
+for tool in scdl-fs bionemo-0.1.3; do
+  wall=$(grep "^$tool " "$results" | cut -d' ' -f2 | median)
+  rss=$(grep "^$tool " "$results" | cut -d' ' -f3 | median)
+  runs=$(grep "^$tool " "$results" | cut -d' ' -f2 | paste -sd, | sed 's/,/, /g')
+  awk -v t="$tool" -v w="$wall" -v r="$rss" -v mb="$MB" -v runs="$runs" \
+    'BEGIN { printf "| %s | %.2f | %.0f | %.0f | %s |\n", t, w, mb / w, r / 1024, runs }'
+done

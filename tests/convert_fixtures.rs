@@ -1,0 +1,169 @@
+//! Every input layout, converted by the real binary and checked by the independent oracle
+//! (tests/oracle/verify.py): the source read with anndata/h5py/scipy, the archive read raw with
+//! numpy and loaded by bionemo-scdl 0.0.5 and 0.1.3. Fixtures were made by real anndata
+//! (tests/fixtures/make_fixtures.py).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fixtures, scdl, stderr, verify};
+
+/// Converts `input` with `args` into a fresh directory; returns (tempdir, archive path).
+fn convert(input: &Path, args: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("archive");
+    let mut all = vec!["convert", input.to_str().unwrap(), out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = scdl(&all);
+    assert!(
+        o.status.success(),
+        "convert {} {args:?} failed: {}",
+        input.display(),
+        stderr(&o)
+    );
+    (dir, out)
+}
+
+/// Converts and verifies; `verify_args` go to the oracle (e.g. the matrix it should expect).
+fn check(name: &str, convert_args: &[&str], verify_args: &[&str]) {
+    let input = fixtures().join(name);
+    let (_dir, out) = convert(&input, convert_args);
+    let o = verify(&out, &[&input], verify_args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success(),
+        "oracle rejected {name} {convert_args:?}:\n{text}"
+    );
+}
+
+macro_rules! fixture_tests {
+    ($($test:ident: $file:expr, [$($c:expr),*], [$($v:expr),*];)*) => {
+        $(
+            #[test]
+            fn $test() {
+                check($file, &[$($c),*], &[$($v),*]);
+            }
+        )*
+    };
+}
+
+fixture_tests! {
+    csr_float32: "csr_f32.h5ad", [], [];
+    csc_is_transposed: "csc_f32.h5ad", [], [];
+    dense_float32: "dense_f32.h5ad", [], [];
+    dense_float64_kept_exactly: "dense_f64_frac.h5ad", ["--data-dtype", "float64"], ["--data-dtype", "float64"];
+    float16_data: "csr_f16.h5ad", [], [];
+    float16_kept: "csr_f16.h5ad", ["--data-dtype", "keep"], ["--data-dtype", "float16"];
+    float64_data: "csr_f64.h5ad", [], [];
+    int8_data: "csr_i8.h5ad", [], [];
+    int16_data: "csr_i16.h5ad", [], [];
+    int32_data: "csr_i32.h5ad", [], [];
+    int64_data: "csr_i64.h5ad", [], [];
+    uint8_data: "csr_u8.h5ad", [], [];
+    uint8_kept: "csr_u8.h5ad", ["--data-dtype", "keep"], ["--data-dtype", "uint8"];
+    uint16_data: "csr_u16.h5ad", [], [];
+    uint32_data: "csr_u32.h5ad", [], [];
+    uint64_data: "csr_u64.h5ad", [], [];
+    uint64_kept: "csr_u64.h5ad", ["--data-dtype", "keep"], ["--data-dtype", "uint64"];
+    int64_indices: "csr_idx_i64.h5ad", [], [];
+    unsigned_indices: "csr_idx_u32_u64.h5ad", [], [];
+    gzip_chunked: "csr_gzip.h5ad", [], [];
+    lzf_chunked: "csr_lzf.h5ad", [], [];
+    unsorted_columns: "csr_unsorted.h5ad", [], [];
+    explicit_zeros: "csr_explicit_zeros.h5ad", [], [];
+    empty_rows: "csr_empty_rows.h5ad", [], [];
+    zero_rows: "csr_zero_rows.h5ad", [], [];
+    zero_nonzeros: "csr_zero_nnz.h5ad", [], [];
+    nan_and_inf_preserved: "csr_nan_inf.h5ad", [], [];
+    larger_gzip_matrix: "large_csr_f32.h5ad", [], [];
+    raw_chosen_by_default: "raw_more_genes.h5ad", [], ["--matrix", "raw"];
+    raw_explicitly: "raw_more_genes.h5ad", ["--matrix", "raw"], ["--matrix", "raw"];
+    x_instead_of_raw: "raw_more_genes.h5ad", ["--matrix", "X"], ["--matrix", "X"];
+    layer_counts: "layers_counts.h5ad", ["--matrix", "layers/counts"], ["--matrix", "layers/counts"];
+    legacy_h5sparse_layout: "legacy_h5sparse.h5ad", [], [];
+    legacy_raw_layout: "legacy_raw.h5ad", [], ["--matrix", "raw"];
+    var_index_categorical: "var_index_categorical.h5ad", [], [];
+    var_index_named_column: "var_index_named.h5ad", [], [];
+    var_nullable_columns: "var_nullable.h5ad", [], [];
+    directory_of_files: "dir", [], [];
+}
+
+#[test]
+fn fractional_float64_is_refused_as_float32() {
+    let input = fixtures().join("dense_f64_frac.h5ad");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("archive");
+    let o = scdl(&["convert", input.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("/X: value") && err.contains("float32"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn negative_values_cannot_be_kept_unsigned() {
+    // keep on int8 means uint8 (SCDL has no signed types): -128 must be refused by name.
+    let input = fixtures().join("csr_i8.h5ad");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("archive");
+    let o = scdl(&[
+        "convert",
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--data-dtype",
+        "keep",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("uint8") && err.contains("value -"), "{err}");
+}
+
+#[test]
+fn missing_layer_lists_what_exists() {
+    let input = fixtures().join("layers_counts.h5ad");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("archive");
+    let o = scdl(&[
+        "convert",
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--matrix",
+        "layers/nope",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("/layers/nope") && err.contains("counts"),
+        "{err}"
+    );
+}
+
+#[test]
+fn info_describes_a_directory_conversion() {
+    let (_dir, out) = convert(&fixtures().join("dir"), &[]);
+    let o = scdl(&["info", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["rows"], 45);
+    assert_eq!(info["dtypes"]["data"], "float32");
+    let blocks = info["feature_blocks"].as_array().unwrap();
+    let shape: Vec<(u64, u64, u64)> = blocks
+        .iter()
+        .map(|b| {
+            (
+                b["first_row"].as_u64().unwrap(),
+                b["rows"].as_u64().unwrap(),
+                b["num_vars"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shape, vec![(0, 20, 30), (20, 15, 25), (35, 10, 40)]);
+}
