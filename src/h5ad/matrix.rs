@@ -684,11 +684,7 @@ impl<'a> MatrixReader<'a> {
 
     /// Calls `visit(a, b, columns)` for runs of CSC elements [a, b) of at most one block,
     /// with the column of each element when `with_columns` (pass 1 needs none).
-    fn for_each_csc_run(
-        &self,
-        with_columns: bool,
-        visit: &mut CscRunVisitor<'_>,
-    ) -> Result<()> {
+    fn for_each_csc_run(&self, with_columns: bool, visit: &mut CscRunVisitor<'_>) -> Result<()> {
         let budget = BLOCK_ELEMENTS as u64;
         let mut columns = Vec::new();
         self.walk_indptr(self.n_cols, &mut |first_col, ip| {
