@@ -5,17 +5,27 @@
 //!
 //! ```text
 //! h5ad (read AnnData) -> convert (pipeline) -> archive (SCDL files) + features (gene index)
+//!     -> store (archives and inputs on disk) -> namespace (the mounted tree, plain Rust)
+//!     -> fuse (kernel adapter) <- mount (daemon lifecycle)
 //! ```
 //!
-//! `dtype` (element types and exact conversion), `npy` (the .npy format) and `error` serve all
-//! of them. The binary (`main.rs`) is a thin command-line edge over this library.
+//! `render` computes the synthetic files (rows, ranges, npz, feature JSON) from an archive;
+//! `names` validates every user-given name; `dtype` (element types and exact conversion), `npy`
+//! (the .npy format) and `error` serve all of them. The binary (`main.rs`) is a thin
+//! command-line edge over this library.
 
 pub mod archive;
 pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod features;
+pub mod fuse;
 pub mod h5ad;
+pub mod mount;
+pub mod names;
+pub mod namespace;
 pub mod npy;
+pub mod render;
+pub mod store;
 
 pub use error::{Error, Result};

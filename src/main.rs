@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use scdl_fs::archive::Archive;
 use scdl_fs::convert::{self, ConvertOptions, DataDtypeChoice, Progress};
 use scdl_fs::h5ad::MatrixChoice;
+use scdl_fs::mount::{self, MountOptions};
 
 /// Exit codes (documented in README.md).
 const EXIT_FAILED: u8 = 1;
@@ -41,6 +42,31 @@ enum Command {
         /// Convert values that the data type cannot hold exactly instead of failing.
         #[arg(long)]
         allow_lossy: bool,
+    },
+    /// Mount the filesystem: drop .h5ad files in, read cells out (see docs/SEMANTICS.md).
+    Mount {
+        mountpoint: PathBuf,
+        /// The store directory (default: /var/lib/scdl-fs as root, else the XDG data dir).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Stay in the foreground (otherwise return once the mount is live).
+        #[arg(long)]
+        foreground: bool,
+        /// Let other users read through the mount.
+        #[arg(long)]
+        allow_other: bool,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Concurrent conversions.
+        #[arg(long, default_value_t = 1)]
+        conversions: usize,
+        /// Data type of converted archives (as for convert).
+        #[arg(long, default_value = "float32")]
+        data_dtype: DataDtypeChoice,
+        /// Which matrix dropped files are converted from (as for convert).
+        #[arg(long, default_value = "auto")]
+        matrix: MatrixChoice,
     },
     /// Describe an SCDL archive (ours or bionemo-scdl's).
     Info {
@@ -75,8 +101,62 @@ fn progress_bar() -> Bar {
     Bar(bar)
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn mount(
+    mountpoint: PathBuf,
+    store: Option<PathBuf>,
+    foreground: bool,
+    options: MountOptions,
+) -> Result<(), (u8, String)> {
+    if !foreground {
+        // Same arguments, with the store made explicit, in a background daemon.
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let store = store.unwrap_or_else(|| {
+            let default = scdl_fs::store::default_store();
+            args.push("--store".into());
+            args.push(default.clone().into());
+            default
+        });
+        return mount::run_background(&args, &store);
+    }
+    let store = store.unwrap_or_else(scdl_fs::store::default_store);
+    let opts = MountOptions {
+        mountpoint,
+        store,
+        ..options
+    };
+    mount::run_foreground(&opts).map_err(|e| {
+        mount::report_startup_error(&format!("scdl-fs: {e}"));
+        (e.exit_code(), e.to_string())
+    })
+}
+
+fn run(cli: Cli) -> Result<(), (u8, String)> {
+    let failed = |e: scdl_fs::Error| (EXIT_FAILED, e.to_string());
     match cli.command {
+        Command::Mount {
+            mountpoint,
+            store,
+            foreground,
+            allow_other,
+            threads,
+            conversions,
+            data_dtype,
+            matrix,
+        } => {
+            let options = MountOptions {
+                mountpoint: mountpoint.clone(),
+                store: PathBuf::new(),
+                allow_other,
+                threads,
+                workers: conversions,
+                convert: ConvertOptions {
+                    matrix,
+                    data_dtype,
+                    allow_lossy: false,
+                },
+            };
+            mount(mountpoint, store, foreground, options)
+        }
         Command::Convert {
             input,
             output,
@@ -90,8 +170,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 allow_lossy,
             };
             let bar = progress_bar();
-            let written =
-                convert::convert(&input, &output, &opts, &bar).map_err(|e| e.to_string())?;
+            let written = convert::convert(&input, &output, &opts, &bar).map_err(failed)?;
             bar.0.finish_and_clear();
             eprintln!(
                 "{}: {} rows, {} values ({})",
@@ -103,7 +182,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Info { archive, json } => {
-            let a = Archive::open(&archive).map_err(|e| e.to_string())?;
+            let a = Archive::open(&archive).map_err(failed)?;
             let info = a.info();
             if json {
                 println!(
@@ -138,13 +217,14 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error"))
+        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err((code, message)) => {
             eprintln!("scdl-fs: {message}");
-            ExitCode::from(EXIT_FAILED)
+            ExitCode::from(code)
         }
     }
 }

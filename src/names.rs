@@ -96,7 +96,17 @@ mod tests {
     #[test]
     fn refuses_unsafe_names() {
         for n in [
-            "", ".", "..", ".hidden", "a/b", "../etc", "/abs", "a\0b", "tab\there", "nl\n", "x.h5ad",
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../etc",
+            "/abs",
+            "a\0b",
+            "tab\there",
+            "nl\n",
+            "x.h5ad",
             &"x".repeat(251),
         ] {
             assert!(DatasetName::parse(n).is_err(), "{n:?} should be refused");
@@ -105,7 +115,10 @@ mod tests {
 
     #[test]
     fn input_files_need_the_suffix() {
-        assert_eq!(DatasetName::from_input_file("pbmc.h5ad").unwrap().as_str(), "pbmc");
+        assert_eq!(
+            DatasetName::from_input_file("pbmc.h5ad").unwrap().as_str(),
+            "pbmc"
+        );
         assert!(DatasetName::from_input_file("pbmc.txt").is_err());
         assert!(DatasetName::from_input_file(".x.h5ad").is_err());
         assert!(DatasetName::from_input_file("a.h5ad.h5ad").is_err());

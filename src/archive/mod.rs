@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use serde::Serialize;
 
+pub(crate) use writer::{rename_no_replace, sync_dir, write_synced_bytes};
 pub use writer::{temp_path_for, ArchiveWriter, WrittenArchive};
 
 use crate::dtype::Dtype;

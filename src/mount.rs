@@ -1,0 +1,219 @@
+//! The daemon's life: open the store, clear a stale mount, mount, report readiness, serve until
+//! SIGTERM/SIGINT/SIGHUP or an external unmount, unmount cleanly. Without `--foreground` the
+//! command starts itself again in the background and returns only once that daemon's mount is
+//! live (or with the reason it could not mount).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::convert::ConvertOptions;
+use crate::fuse::ScdlFs;
+use crate::namespace::{Namespace, NamespaceOptions};
+use crate::store::Store;
+
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    pub mountpoint: PathBuf,
+    pub store: PathBuf,
+    pub allow_other: bool,
+    pub threads: usize,
+    pub workers: usize,
+    pub convert: ConvertOptions,
+}
+
+/// Why the daemon could not start; each has its own exit code (README.md lists them).
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("store {}: {message}", path.display())]
+    Store { path: PathBuf, message: String },
+    #[error("mountpoint {}: {message}", path.display())]
+    Mountpoint { path: PathBuf, message: String },
+    #[error("mount failed: {0}")]
+    Mount(String),
+}
+
+impl MountError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            MountError::Store { .. } => 3,
+            MountError::Mountpoint { .. } => 4,
+            MountError::Mount(_) => 5,
+        }
+    }
+}
+
+/// The environment variable through which a background daemon tells its parent it is ready.
+const READY_PIPE_ENV: &str = "SCDL_FS_READY_ON_STDOUT";
+
+fn mountpoint_error(path: &Path, message: impl Into<String>) -> MountError {
+    MountError::Mountpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// A FUSE mount whose daemon died leaves the mountpoint answering ENOTCONN: detach it.
+fn clear_stale_mount(mnt: &Path) -> Result<(), MountError> {
+    match std::fs::metadata(mnt) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(mountpoint_error(mnt, "not a directory")),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            log::warn!(
+                "{}: clearing a stale mount left by a dead daemon",
+                mnt.display()
+            );
+            let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())
+                .map_err(|_| mountpoint_error(mnt, "path contains NUL"))?;
+            // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(mountpoint_error(
+                    mnt,
+                    format!("stale mount could not be cleared: {e}"),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => Err(mountpoint_error(mnt, e.to_string())),
+    }
+}
+
+fn is_mountpoint(mnt: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Ok(canon) = mnt.canonicalize() else {
+        return false;
+    };
+    let want = canon.to_string_lossy();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(&want))
+}
+
+/// Runs the daemon in this process until it is unmounted.
+pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
+    let store = Store::open(&opts.store).map_err(|e| MountError::Store {
+        path: opts.store.clone(),
+        message: e.to_string(),
+    })?;
+    clear_stale_mount(&opts.mountpoint)?;
+    if is_mountpoint(&opts.mountpoint) {
+        return Err(mountpoint_error(
+            &opts.mountpoint,
+            "already a mount point (busy)",
+        ));
+    }
+    let ns = Namespace::new(
+        store,
+        NamespaceOptions {
+            convert: opts.convert.clone(),
+            workers: opts.workers,
+        },
+    );
+    let workers = ns.start_workers();
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(format!("scdl-fs:{}", opts.store.display())),
+        MountOption::Subtype("scdl-fs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    cfg.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(opts.threads.max(1));
+    cfg.clone_fd = true;
+    let mut session = fuser::Session::new(ScdlFs::new(ns.clone()), &opts.mountpoint, &cfg)
+        .map_err(|e| MountError::Mount(e.to_string()))?;
+    let mut unmounter = session.unmount_callable();
+    let mnt = opts.mountpoint.clone();
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+            .map_err(|e| MountError::Mount(format!("signal handlers: {e}")))?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: unmounting {}", mnt.display());
+            if let Err(e) = unmounter.unmount() {
+                log::warn!("unmount: {e}; detaching lazily");
+                if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
+                    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                }
+            }
+        }
+    });
+    log::info!(
+        "mounted {} (store {})",
+        opts.mountpoint.display(),
+        opts.store.display()
+    );
+    notify_ready();
+    let served = session.run().map_err(|e| MountError::Mount(e.to_string()));
+    ns.shutdown();
+    drop(workers); // conversions in flight are abandoned; the next start cleans their temp files
+    served
+}
+
+fn notify_ready() {
+    if std::env::var_os(READY_PIPE_ENV).is_some() {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+    }
+}
+
+/// Starts the daemon in the background (this same binary with `--foreground`) and waits until
+/// its mount is live. Returns the daemon's error when it could not mount.
+pub fn run_background(args: &[std::ffi::OsString], store: &Path) -> Result<(), (u8, String)> {
+    let exe =
+        std::env::current_exe().map_err(|e| (1, format!("cannot find own executable: {e}")))?;
+    let log_dir = store.join(".scdl-fs");
+    let _ = std::fs::create_dir_all(&log_dir);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("daemon.log"))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+    let mut child = Command::new(exe)
+        .args(args)
+        .arg("--foreground")
+        .env(READY_PIPE_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| (1, format!("cannot start the daemon: {e}")))?;
+    let out = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(out).lines();
+    match lines.next() {
+        Some(Ok(l)) if l == "ready" => Ok(()),
+        other => {
+            let status = child.wait().ok();
+            let code = status.and_then(|s| s.code()).unwrap_or(1) as u8;
+            let msg = match other {
+                Some(Ok(l)) => l,
+                _ => format!(
+                    "the daemon exited before mounting; see {}",
+                    log_dir.join("daemon.log").display()
+                ),
+            };
+            Err((code.max(1), msg))
+        }
+    }
+}
+
+/// Writes the daemon's startup error to stdout for a waiting parent (background mode).
+pub fn report_startup_error(message: &str) {
+    if std::env::var_os(READY_PIPE_ENV).is_some() {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{message}");
+        let _ = out.flush();
+    }
+}

@@ -1,0 +1,1433 @@
+//! The mounted tree as plain Rust, independent of FUSE: path → node, attributes, directory
+//! listings, reads at an offset, and the few writes the mount accepts (drops, `.control`,
+//! removing an input). `fuse.rs` adapts it to the kernel; most tests drive it directly.
+//!
+//! ```text
+//! /.control                      commands in, JSON lines out
+//! /NAME.h5ad                     a dropped input
+//! /NAME/status.json              state and progress of NAME
+//! /NAME/{data.npy,...,features/} the archive's files (read-only, the real store files)
+//! /NAME/features/<k>.json        feature block k as JSON
+//! /NAME/rows/<i>.npy             row i, dense .npy        /NAME/rows/<a>-<b>.npy  rows [a, b)
+//! /NAME/csr/<a>-<b>.npz          rows [a, b) as scipy CSR
+//! ```
+//!
+//! Inode numbers are derived from (kind, dataset, index), so reading 10^6 distinct row files
+//! allocates nothing; only ranges (two numbers) live in a table, dropped when the kernel forgets
+//! them.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use crate::archive::{Archive, FileNames};
+use crate::convert::{self, ConvertOptions, Progress};
+use crate::names::DatasetName;
+use crate::render::{self, RowSpan};
+use crate::store::Store;
+
+/// What went wrong, as the kernel will be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsError {
+    NotFound,
+    ReadOnly,
+    Access,
+    Exists,
+    Busy,
+    NotDir,
+    IsDir,
+    TooBig,
+    /// A rejected command or name, with the reason (also recorded in `.control`).
+    Invalid(String),
+    Io(String),
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeType {
+    Dir,
+    File,
+}
+
+/// Attributes of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: NodeType,
+    pub size: u64,
+    pub perm: u16,
+    pub mtime: SystemTime,
+    /// How long the kernel may cache this node's attributes and name.
+    pub ttl: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    /// The offset of the entry after this one (what readdir is called with next).
+    pub next: u64,
+    pub kind: NodeType,
+    pub name: String,
+}
+
+/// How an opened file should be served.
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// Contents change while open (status, .control): bypass the page cache.
+    pub direct_io: bool,
+    /// Immutable contents: the kernel may keep its cache across opens.
+    pub keep_cache: bool,
+    /// A real store file the kernel may read directly (FUSE passthrough).
+    pub backing: Option<Arc<File>>,
+}
+
+// ---------------------------------------------------------------------------------- inodes
+
+pub const ROOT_INO: u64 = 1;
+const CONTROL_INO: u64 = 2;
+const KIND_SHIFT: u32 = 56;
+const DATASET_SHIFT: u32 = 40;
+const INDEX_MASK: u64 = (1 << DATASET_SHIFT) - 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    DatasetDir = 1,
+    Input = 2,
+    Status = 3,
+    ArchiveFile = 4,
+    FeaturesDir = 5,
+    FeatureJson = 6,
+    FeatureFile = 7,
+    RowsDir = 8,
+    Row = 9,
+    CsrDir = 10,
+    Range = 11,
+}
+
+impl Kind {
+    fn from_u8(k: u8) -> Option<Kind> {
+        use Kind::*;
+        [
+            DatasetDir,
+            Input,
+            Status,
+            ArchiveFile,
+            FeaturesDir,
+            FeatureJson,
+            FeatureFile,
+            RowsDir,
+            Row,
+            CsrDir,
+            Range,
+        ]
+        .into_iter()
+        .find(|x| *x as u8 == k)
+    }
+}
+
+fn ino(kind: Kind, dataset: u16, index: u64) -> u64 {
+    ((kind as u64) << KIND_SHIFT) | ((dataset as u64) << DATASET_SHIFT) | (index & INDEX_MASK)
+}
+
+fn split(ino: u64) -> Option<(Kind, u16, u64)> {
+    let kind = Kind::from_u8((ino >> KIND_SHIFT) as u8)?;
+    Some((
+        kind,
+        ((ino >> DATASET_SHIFT) & 0xffff) as u16,
+        ino & INDEX_MASK,
+    ))
+}
+
+/// The archive files served at the top of a ready dataset, in listing order.
+const ARCHIVE_FILES: [&str; 7] = [
+    FileNames::DATA,
+    FileNames::COL_PTR,
+    FileNames::ROW_PTR,
+    FileNames::METADATA,
+    FileNames::DTYPES,
+    FileNames::VERSION,
+    FileNames::HEADER,
+];
+
+/// Time-to-live of names and attributes that can change (the root, dataset directories, status).
+const SHORT_TTL: Duration = Duration::from_secs(1);
+/// Inside a ready dataset nothing changes: cache for long.
+const LONG_TTL: Duration = Duration::from_secs(3600);
+
+// ---------------------------------------------------------------------------------- datasets
+
+#[derive(Clone)]
+enum State {
+    Uploading,
+    Queued,
+    Converting,
+    Ready(Arc<ReadyDataset>),
+    Failed(String),
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Uploading => "uploading",
+            State::Queued => "queued",
+            State::Converting => "converting",
+            State::Ready(_) => "ready",
+            State::Failed(_) => "failed",
+        }
+    }
+}
+
+/// A published archive and the listing of its files.
+pub struct ReadyDataset {
+    pub archive: Archive,
+    archive_files: Vec<&'static str>,
+    feature_dir: PathBuf,
+    feature_files: Vec<String>,
+    feature_json: Vec<std::sync::OnceLock<Vec<u8>>>,
+}
+
+impl ReadyDataset {
+    fn new(archive: Archive) -> ReadyDataset {
+        let archive_files = ARCHIVE_FILES
+            .iter()
+            .copied()
+            .filter(|f| archive.path.join(f).is_file())
+            .collect();
+        let feature_dir = [FileNames::FEATURES, FileNames::VAR_FEATURES]
+            .iter()
+            .map(|d| archive.path.join(d))
+            .find(|d| d.is_dir())
+            .unwrap_or_else(|| archive.path.join(FileNames::FEATURES));
+        let mut feature_files: Vec<String> = std::fs::read_dir(&feature_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        feature_files.sort();
+        let blocks = archive.features.blocks.len();
+        ReadyDataset {
+            archive,
+            archive_files,
+            feature_dir,
+            feature_files,
+            feature_json: (0..blocks).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    fn feature_json(&self, k: usize) -> Option<&[u8]> {
+        let cell = self.feature_json.get(k)?;
+        Some(cell.get_or_init(|| render::feature_json(&self.archive, k).unwrap_or_default()))
+    }
+}
+
+struct Dataset {
+    id: u16,
+    name: DatasetName,
+    state: Mutex<State>,
+    rows_done: AtomicU64,
+    rows_total: AtomicU64,
+    has_input: AtomicBool,
+    since: SystemTime,
+}
+
+impl Dataset {
+    fn state(&self) -> State {
+        self.state.lock().expect("state lock").clone()
+    }
+
+    fn set_state(&self, s: State) {
+        *self.state.lock().expect("state lock") = s;
+    }
+
+    fn ready(&self) -> Option<Arc<ReadyDataset>> {
+        match self.state() {
+            State::Ready(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn status_json(&self) -> Vec<u8> {
+        let state = self.state();
+        let mut v = serde_json::json!({
+            "name": self.name.as_str(),
+            "state": state.name(),
+            "rows_done": self.rows_done.load(Ordering::Relaxed),
+            "rows_total": self.rows_total.load(Ordering::Relaxed),
+            "error": match &state { State::Failed(e) => Some(e.clone()), _ => None },
+            "input": self.has_input.load(Ordering::Relaxed),
+        });
+        if let State::Ready(r) = &state {
+            v["nnz"] = r.archive.nnz.into();
+            v["data_dtype"] = r.archive.data_dtype.name().into();
+            v["feature_blocks"] = r.archive.features.blocks.len().into();
+        }
+        let mut b = serde_json::to_vec(&v).expect("serialisable");
+        b.push(b'\n');
+        b
+    }
+}
+
+impl Progress for Dataset {
+    fn start(&self, total_rows: u64) {
+        self.rows_total.store(total_rows, Ordering::Relaxed);
+        self.rows_done.store(0, Ordering::Relaxed);
+    }
+    fn rows_done(&self, rows: u64) {
+        self.rows_done.fetch_add(rows, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_name: HashMap<DatasetName, Arc<Dataset>>,
+    by_id: HashMap<u16, Arc<Dataset>>,
+    next_id: u16,
+}
+
+impl Registry {
+    fn insert(&mut self, name: DatasetName, state: State) -> Option<Arc<Dataset>> {
+        if self.by_id.len() >= u16::MAX as usize {
+            return None;
+        }
+        // Ids are not reused while the daemon runs, so a re-created name gets fresh inodes.
+        let id = loop {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.by_id.contains_key(&self.next_id) {
+                break self.next_id;
+            }
+        };
+        let ds = Arc::new(Dataset {
+            id,
+            name: name.clone(),
+            state: Mutex::new(state),
+            rows_done: AtomicU64::new(0),
+            rows_total: AtomicU64::new(0),
+            has_input: AtomicBool::new(false),
+            since: SystemTime::now(),
+        });
+        self.by_name.insert(name, ds.clone());
+        self.by_id.insert(id, ds.clone());
+        Some(ds)
+    }
+
+    fn remove(&mut self, name: &DatasetName) {
+        if let Some(ds) = self.by_name.remove(name) {
+            self.by_id.remove(&ds.id);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------- handles
+
+struct RangeNode {
+    dataset: u16,
+    csr: bool,
+    first: u64,
+    end: u64,
+    lookups: u64,
+}
+
+#[derive(Default)]
+struct RangeTable {
+    ids: HashMap<(u16, bool, u64, u64), u64>,
+    nodes: HashMap<u64, RangeNode>,
+    next: u64,
+}
+
+enum Handle {
+    /// A real file read with pread (inputs, archive files when passthrough is off).
+    File(Arc<File>),
+    /// A rendered file (csr .npz), immutable for the handle's life.
+    Buffer(Arc<Vec<u8>>),
+    /// Contents computed at each read (rows, status, feature json, .control).
+    Computed,
+    /// An input being written through the mount.
+    Upload { dataset: Arc<Dataset>, file: File },
+    /// `.control` opened for writing: bytes of an unfinished line.
+    Control(Vec<u8>),
+}
+
+/// One command and its outcome, as `.control` shows it.
+#[derive(serde::Serialize)]
+struct ControlRecord {
+    time: u64,
+    command: String,
+    ok: bool,
+    message: String,
+}
+
+const CONTROL_HISTORY: usize = 100;
+
+// ---------------------------------------------------------------------------------- namespace
+
+/// Options of the mount that affect the namespace.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceOptions {
+    pub convert: ConvertOptions,
+    /// Conversion worker threads.
+    pub workers: usize,
+}
+
+pub struct Namespace {
+    store: Store,
+    options: NamespaceOptions,
+    registry: RwLock<Registry>,
+    ranges: Mutex<RangeTable>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    control_log: Mutex<VecDeque<String>>,
+    jobs: Mutex<VecDeque<Arc<Dataset>>>,
+    jobs_ready: Condvar,
+    shutting_down: AtomicBool,
+    last_rescan: Mutex<std::time::Instant>,
+    started: SystemTime,
+}
+
+fn io_err(e: impl std::fmt::Display) -> FsError {
+    FsError::Io(e.to_string())
+}
+
+impl Namespace {
+    /// Opens the store and registers what it holds: archives (ready, or failed when corrupt)
+    /// and inputs (queued for conversion unless their failure is recorded).
+    pub fn new(store: Store, options: NamespaceOptions) -> Arc<Namespace> {
+        let ns = Arc::new(Namespace {
+            store,
+            options,
+            registry: RwLock::new(Registry::default()),
+            ranges: Mutex::new(RangeTable::default()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            control_log: Mutex::new(VecDeque::new()),
+            jobs: Mutex::new(VecDeque::new()),
+            jobs_ready: Condvar::new(),
+            shutting_down: AtomicBool::new(false),
+            last_rescan: Mutex::new(std::time::Instant::now()),
+            started: SystemTime::now(),
+        });
+        ns.rescan();
+        ns
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Starts the conversion workers (they stop at `shutdown`).
+    pub fn start_workers(self: &Arc<Self>) -> Vec<std::thread::JoinHandle<()>> {
+        (0..self.options.workers.max(1))
+            .map(|i| {
+                let ns = self.clone();
+                std::thread::Builder::new()
+                    .name(format!("convert-{i}"))
+                    .spawn(move || ns.worker())
+                    .expect("spawn worker")
+            })
+            .collect()
+    }
+
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.jobs_ready.notify_all();
+    }
+
+    /// Registers datasets found in the store that the registry does not know yet, and forgets
+    /// those whose files disappeared (deleted by hand or by another daemon).
+    pub fn rescan(&self) {
+        let Ok(found) = self.store.scan() else { return };
+        let mut reg = self.registry.write().expect("registry");
+        let present: std::collections::HashSet<&DatasetName> =
+            found.iter().map(|(n, _, _)| n).collect();
+        let gone: Vec<DatasetName> = reg
+            .by_name
+            .iter()
+            .filter(|(n, ds)| {
+                !present.contains(n) && matches!(ds.state(), State::Ready(_) | State::Failed(_))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in gone {
+            reg.remove(&n);
+        }
+        for (name, has_archive, has_input) in found {
+            if let Some(ds) = reg.by_name.get(&name) {
+                ds.has_input.store(has_input, Ordering::Relaxed);
+                continue;
+            }
+            let state = if has_archive {
+                match self.store.open_archive(&name) {
+                    Ok(a) => State::Ready(Arc::new(ReadyDataset::new(a))),
+                    Err(e) => {
+                        log::error!("{name}: cannot serve: {e}");
+                        State::Failed(e.to_string())
+                    }
+                }
+            } else if let Some(err) = self.store.failure(&name) {
+                State::Failed(err)
+            } else {
+                State::Queued
+            };
+            let queued = matches!(state, State::Queued);
+            if let Some(ds) = reg.insert(name, state) {
+                if let State::Ready(r) = ds.state() {
+                    ds.rows_total.store(r.archive.num_rows, Ordering::Relaxed);
+                    ds.rows_done.store(r.archive.num_rows, Ordering::Relaxed);
+                }
+                ds.has_input.store(has_input, Ordering::Relaxed);
+                if queued {
+                    self.enqueue(ds);
+                }
+            }
+        }
+    }
+
+    fn rescan_if_stale(&self) {
+        let mut last = self.last_rescan.lock().expect("rescan lock");
+        if last.elapsed() >= Duration::from_secs(1) {
+            *last = std::time::Instant::now();
+            drop(last);
+            self.rescan();
+        }
+    }
+
+    fn enqueue(&self, ds: Arc<Dataset>) {
+        self.jobs.lock().expect("jobs").push_back(ds);
+        self.jobs_ready.notify_one();
+    }
+
+    fn worker(&self) {
+        loop {
+            let ds = {
+                let mut q = self.jobs.lock().expect("jobs");
+                loop {
+                    if self.shutting_down.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Some(ds) = q.pop_front() {
+                        break ds;
+                    }
+                    q = self.jobs_ready.wait(q).expect("jobs");
+                }
+            };
+            self.convert_dataset(&ds);
+        }
+    }
+
+    fn convert_dataset(&self, ds: &Arc<Dataset>) {
+        if !matches!(ds.state(), State::Queued) {
+            return;
+        }
+        ds.set_state(State::Converting);
+        let input = self.store.input_path(&ds.name);
+        let output = self.store.archive_path(&ds.name);
+        log::info!("{}: converting {}", ds.name, input.display());
+        let result = convert::convert_files(&[input], &output, &self.options.convert, ds.as_ref())
+            .and_then(|_| self.store.open_archive(&ds.name));
+        match result {
+            Ok(archive) => {
+                log::info!("{}: ready ({} rows)", ds.name, archive.num_rows);
+                self.store.clear_failure(&ds.name);
+                ds.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                log::warn!("{}: conversion failed: {msg}", ds.name);
+                if let Err(e) = self.store.record_failure(&ds.name, &msg) {
+                    log::error!("{}: cannot record the failure: {e}", ds.name);
+                }
+                ds.set_state(State::Failed(msg));
+            }
+        }
+    }
+
+    /// Waits until no conversion is queued or running (for tests and orderly shutdown).
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let busy = self.jobs.lock().expect("jobs").len() > 0
+                || self
+                    .registry
+                    .read()
+                    .expect("registry")
+                    .by_name
+                    .values()
+                    .any(|d| matches!(d.state(), State::Queued | State::Converting));
+            if !busy {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn dataset_by_id(&self, id: u16) -> FsResult<Arc<Dataset>> {
+        self.registry
+            .read()
+            .expect("registry")
+            .by_id
+            .get(&id)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn dataset_by_name(&self, name: &str) -> Option<Arc<Dataset>> {
+        let name = DatasetName::parse(name).ok()?;
+        if let Some(d) = self
+            .registry
+            .read()
+            .expect("registry")
+            .by_name
+            .get(&name)
+            .cloned()
+        {
+            return Some(d);
+        }
+        // Not known here: maybe another daemon (or a person) just put it in the store.
+        self.rescan_if_stale();
+        self.registry
+            .read()
+            .expect("registry")
+            .by_name
+            .get(&name)
+            .cloned()
+    }
+
+    fn ready_by_id(&self, id: u16) -> FsResult<(Arc<Dataset>, Arc<ReadyDataset>)> {
+        let ds = self.dataset_by_id(id)?;
+        let r = ds.ready().ok_or(FsError::NotFound)?;
+        Ok((ds, r))
+    }
+
+    // ------------------------------------------------------------------------------ lookup
+
+    pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let ino = self.child(parent, name)?;
+        self.getattr(ino)
+    }
+
+    fn child(&self, parent: u64, name: &str) -> FsResult<u64> {
+        if parent == ROOT_INO {
+            if name == ".control" {
+                return Ok(CONTROL_INO);
+            }
+            if let Some(stem) = name.strip_suffix(".h5ad") {
+                let ds = self.dataset_by_name(stem).ok_or(FsError::NotFound)?;
+                let uploading = matches!(ds.state(), State::Uploading);
+                return if uploading || ds.has_input.load(Ordering::Relaxed) {
+                    Ok(ino(Kind::Input, ds.id, 0))
+                } else {
+                    Err(FsError::NotFound)
+                };
+            }
+            let ds = self.dataset_by_name(name).ok_or(FsError::NotFound)?;
+            if matches!(ds.state(), State::Uploading) {
+                return Err(FsError::NotFound);
+            }
+            return Ok(ino(Kind::DatasetDir, ds.id, 0));
+        }
+        let (kind, id, _) = split(parent).ok_or(FsError::NotFound)?;
+        match kind {
+            Kind::DatasetDir => {
+                if name == "status.json" {
+                    self.dataset_by_id(id)?;
+                    return Ok(ino(Kind::Status, id, 0));
+                }
+                let (_, r) = self.ready_by_id(id)?;
+                if let Some(i) = r.archive_files.iter().position(|f| *f == name) {
+                    let file_index = ARCHIVE_FILES
+                        .iter()
+                        .position(|f| *f == r.archive_files[i])
+                        .expect("known");
+                    return Ok(ino(Kind::ArchiveFile, id, file_index as u64));
+                }
+                match name {
+                    "features" => Ok(ino(Kind::FeaturesDir, id, 0)),
+                    "rows" => Ok(ino(Kind::RowsDir, id, 0)),
+                    "csr" => Ok(ino(Kind::CsrDir, id, 0)),
+                    _ => Err(FsError::NotFound),
+                }
+            }
+            Kind::FeaturesDir => {
+                let (_, r) = self.ready_by_id(id)?;
+                if let Some(k) = name.strip_suffix(".json").and_then(parse_index) {
+                    if (k as usize) < r.archive.features.blocks.len() {
+                        return Ok(ino(Kind::FeatureJson, id, k));
+                    }
+                }
+                let i = r
+                    .feature_files
+                    .iter()
+                    .position(|f| f == name)
+                    .ok_or(FsError::NotFound)?;
+                Ok(ino(Kind::FeatureFile, id, i as u64))
+            }
+            Kind::RowsDir => {
+                let (_, r) = self.ready_by_id(id)?;
+                let stem = name.strip_suffix(".npy").ok_or(FsError::NotFound)?;
+                if let Some(i) = parse_index(stem) {
+                    RowSpan::new(&r.archive, i, i + 1, true).ok_or(FsError::NotFound)?;
+                    return Ok(ino(Kind::Row, id, i));
+                }
+                let (a, b) = parse_range(stem).ok_or(FsError::NotFound)?;
+                RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
+                Ok(self.range_ino(id, false, a, b))
+            }
+            Kind::CsrDir => {
+                let (_, r) = self.ready_by_id(id)?;
+                let stem = name.strip_suffix(".npz").ok_or(FsError::NotFound)?;
+                let (a, b) = parse_range(stem).ok_or(FsError::NotFound)?;
+                let span = RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
+                if render::npz_size(&r.archive, &span) > render::MAX_NPZ_BYTES {
+                    return Err(FsError::TooBig);
+                }
+                Ok(self.range_ino(id, true, a, b))
+            }
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    /// The inode of a range file; counts a lookup (the kernel forgets it later).
+    fn range_ino(&self, dataset: u16, csr: bool, first: u64, end: u64) -> u64 {
+        let mut t = self.ranges.lock().expect("ranges");
+        let id = match t.ids.get(&(dataset, csr, first, end)) {
+            Some(&id) => id,
+            None => {
+                t.next += 1;
+                let id = t.next & INDEX_MASK;
+                t.ids.insert((dataset, csr, first, end), id);
+                t.nodes.insert(
+                    id,
+                    RangeNode {
+                        dataset,
+                        csr,
+                        first,
+                        end,
+                        lookups: 0,
+                    },
+                );
+                id
+            }
+        };
+        t.nodes.get_mut(&id).expect("inserted").lookups += 1;
+        ino(Kind::Range, dataset, id)
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if let Some((Kind::Range, _, id)) = split(ino) {
+            let mut t = self.ranges.lock().expect("ranges");
+            let gone = match t.nodes.get_mut(&id) {
+                Some(node) => {
+                    node.lookups = node.lookups.saturating_sub(n);
+                    node.lookups == 0
+                }
+                None => false,
+            };
+            if gone {
+                let node = t.nodes.remove(&id).expect("present");
+                t.ids
+                    .remove(&(node.dataset, node.csr, node.first, node.end));
+            }
+        }
+    }
+
+    /// Number of range inodes the kernel still holds (for tests: memory stays flat).
+    pub fn range_nodes(&self) -> usize {
+        self.ranges.lock().expect("ranges").nodes.len()
+    }
+
+    fn range(&self, id: u64) -> FsResult<(u16, bool, u64, u64)> {
+        let t = self.ranges.lock().expect("ranges");
+        let n = t.nodes.get(&id).ok_or(FsError::NotFound)?;
+        Ok((n.dataset, n.csr, n.first, n.end))
+    }
+
+    // ------------------------------------------------------------------------------ getattr
+
+    pub fn getattr(&self, ino_: u64) -> FsResult<Attr> {
+        let dir = |perm, mtime, ttl| Attr {
+            ino: ino_,
+            kind: NodeType::Dir,
+            size: 0,
+            perm,
+            mtime,
+            ttl,
+        };
+        let file = |size, perm, mtime, ttl| Attr {
+            ino: ino_,
+            kind: NodeType::File,
+            size,
+            perm,
+            mtime,
+            ttl,
+        };
+        if ino_ == ROOT_INO {
+            return Ok(dir(0o755, self.started, SHORT_TTL));
+        }
+        if ino_ == CONTROL_INO {
+            return Ok(file(
+                self.control_text().len() as u64,
+                0o644,
+                SystemTime::now(),
+                Duration::ZERO,
+            ));
+        }
+        let (kind, id, index) = split(ino_).ok_or(FsError::NotFound)?;
+        let ds = self.dataset_by_id(id)?;
+        match kind {
+            Kind::DatasetDir => Ok(dir(0o555, ds.since, SHORT_TTL)),
+            Kind::Status => Ok(file(
+                ds.status_json().len() as u64,
+                0o444,
+                SystemTime::now(),
+                Duration::ZERO,
+            )),
+            Kind::Input => {
+                let path = if matches!(ds.state(), State::Uploading) {
+                    self.store.upload_path(&ds.name)
+                } else {
+                    self.store.input_path(&ds.name)
+                };
+                let m = std::fs::metadata(&path).map_err(|_| FsError::NotFound)?;
+                let perm = if matches!(ds.state(), State::Uploading) {
+                    0o644
+                } else {
+                    0o444
+                };
+                Ok(file(
+                    m.len(),
+                    perm,
+                    m.modified().unwrap_or(ds.since),
+                    SHORT_TTL,
+                ))
+            }
+            _ => {
+                let r = ds.ready().ok_or(FsError::NotFound)?;
+                let mtime = ds.since;
+                match kind {
+                    Kind::ArchiveFile | Kind::FeatureFile => {
+                        let path = self.real_path(&r, kind, index)?;
+                        let m = std::fs::metadata(&path).map_err(io_err)?;
+                        Ok(file(
+                            m.len(),
+                            0o444,
+                            m.modified().unwrap_or(mtime),
+                            LONG_TTL,
+                        ))
+                    }
+                    Kind::FeaturesDir | Kind::RowsDir | Kind::CsrDir => {
+                        Ok(dir(0o555, mtime, LONG_TTL))
+                    }
+                    Kind::FeatureJson => {
+                        let bytes = r.feature_json(index as usize).ok_or(FsError::NotFound)?;
+                        Ok(file(bytes.len() as u64, 0o444, mtime, LONG_TTL))
+                    }
+                    Kind::Row => {
+                        let span = RowSpan::new(&r.archive, index, index + 1, true)
+                            .ok_or(FsError::NotFound)?;
+                        Ok(file(span.dense_size(&r.archive), 0o444, mtime, LONG_TTL))
+                    }
+                    Kind::Range => {
+                        let (_, csr, a, b) = self.range(index)?;
+                        let span =
+                            RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
+                        let size = if csr {
+                            render::npz_size(&r.archive, &span)
+                        } else {
+                            span.dense_size(&r.archive)
+                        };
+                        Ok(file(size, 0o444, mtime, LONG_TTL))
+                    }
+                    _ => Err(FsError::NotFound),
+                }
+            }
+        }
+    }
+
+    fn real_path(&self, r: &ReadyDataset, kind: Kind, index: u64) -> FsResult<PathBuf> {
+        match kind {
+            Kind::ArchiveFile => {
+                let name = ARCHIVE_FILES.get(index as usize).ok_or(FsError::NotFound)?;
+                Ok(r.archive.path.join(name))
+            }
+            Kind::FeatureFile => {
+                let name = r
+                    .feature_files
+                    .get(index as usize)
+                    .ok_or(FsError::NotFound)?;
+                Ok(r.feature_dir.join(name))
+            }
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    // ------------------------------------------------------------------------------ readdir
+
+    /// Up to `max` entries after `offset` (0 = from the start; "." and ".." included).
+    pub fn readdir(&self, dir: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+        let attr = self.getattr(dir)?;
+        if attr.kind != NodeType::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::new();
+        let push = |out: &mut Vec<DirEntry>, pos: u64, ino: u64, kind, name: String| {
+            if pos >= offset && out.len() < max {
+                out.push(DirEntry {
+                    ino,
+                    next: pos + 1,
+                    kind,
+                    name,
+                });
+            }
+        };
+        push(&mut out, 0, dir, NodeType::Dir, ".".into());
+        push(&mut out, 1, ROOT_INO, NodeType::Dir, "..".into());
+        let base = 2u64;
+        if dir == ROOT_INO {
+            let mut names: Vec<Arc<Dataset>> = self
+                .registry
+                .read()
+                .expect("registry")
+                .by_name
+                .values()
+                .cloned()
+                .collect();
+            names.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut entries = vec![(CONTROL_INO, NodeType::File, ".control".to_string())];
+            for ds in names {
+                let uploading = matches!(ds.state(), State::Uploading);
+                if !uploading {
+                    entries.push((
+                        ino(Kind::DatasetDir, ds.id, 0),
+                        NodeType::Dir,
+                        ds.name.to_string(),
+                    ));
+                }
+                if uploading || ds.has_input.load(Ordering::Relaxed) {
+                    entries.push((
+                        ino(Kind::Input, ds.id, 0),
+                        NodeType::File,
+                        ds.name.input_file_name(),
+                    ));
+                }
+            }
+            for (i, (ino_, kind, name)) in entries.into_iter().enumerate() {
+                push(&mut out, base + i as u64, ino_, kind, name);
+            }
+            return Ok(out);
+        }
+        let (kind, id, _) = split(dir).ok_or(FsError::NotFound)?;
+        match kind {
+            Kind::DatasetDir => {
+                let mut entries = vec![(
+                    ino(Kind::Status, id, 0),
+                    NodeType::File,
+                    "status.json".to_string(),
+                )];
+                if let Ok((_, r)) = self.ready_by_id(id) {
+                    for f in &r.archive_files {
+                        let index =
+                            ARCHIVE_FILES.iter().position(|x| x == f).expect("known") as u64;
+                        entries.push((
+                            ino(Kind::ArchiveFile, id, index),
+                            NodeType::File,
+                            f.to_string(),
+                        ));
+                    }
+                    entries.push((
+                        ino(Kind::FeaturesDir, id, 0),
+                        NodeType::Dir,
+                        "features".into(),
+                    ));
+                    entries.push((ino(Kind::RowsDir, id, 0), NodeType::Dir, "rows".into()));
+                    entries.push((ino(Kind::CsrDir, id, 0), NodeType::Dir, "csr".into()));
+                }
+                for (i, (ino_, kind, name)) in entries.into_iter().enumerate() {
+                    push(&mut out, base + i as u64, ino_, kind, name);
+                }
+            }
+            Kind::FeaturesDir => {
+                let (_, r) = self.ready_by_id(id)?;
+                let blocks = r.archive.features.blocks.len() as u64;
+                for k in 0..blocks {
+                    push(
+                        &mut out,
+                        base + k,
+                        ino(Kind::FeatureJson, id, k),
+                        NodeType::File,
+                        format!("{k}.json"),
+                    );
+                }
+                for (i, f) in r.feature_files.iter().enumerate() {
+                    let pos = base + blocks + i as u64;
+                    push(
+                        &mut out,
+                        pos,
+                        ino(Kind::FeatureFile, id, i as u64),
+                        NodeType::File,
+                        f.clone(),
+                    );
+                }
+            }
+            Kind::RowsDir => {
+                // Streams: only the rows from `offset` on are produced, so `ls | head` on
+                // 10^8 rows returns at once.
+                let (_, r) = self.ready_by_id(id)?;
+                let first = offset.max(base) - base;
+                let end = r.archive.num_rows.min(first + max as u64);
+                for i in first..end {
+                    push(
+                        &mut out,
+                        base + i,
+                        ino(Kind::Row, id, i),
+                        NodeType::File,
+                        format!("{i}.npy"),
+                    );
+                }
+            }
+            Kind::CsrDir => {
+                self.ready_by_id(id)?;
+            }
+            _ => return Err(FsError::NotDir),
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------------------ open/read
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().expect("handles").insert(fh, h);
+        fh
+    }
+
+    /// Opens `ino`; `write` when the caller asked for write access, `truncate` for O_TRUNC.
+    pub fn open(&self, ino_: u64, write: bool, truncate: bool) -> FsResult<Opened> {
+        let opened = |fh, direct_io, keep_cache, backing| {
+            Ok(Opened {
+                fh,
+                direct_io,
+                keep_cache,
+                backing,
+            })
+        };
+        if ino_ == CONTROL_INO {
+            let h = if write {
+                Handle::Control(Vec::new())
+            } else {
+                Handle::Computed
+            };
+            return opened(self.new_handle(h), true, false, None);
+        }
+        let attr = self.getattr(ino_)?;
+        if attr.kind == NodeType::Dir {
+            return Err(FsError::IsDir);
+        }
+        let (kind, id, index) = split(ino_).ok_or(FsError::NotFound)?;
+        let ds = self.dataset_by_id(id)?;
+        if write {
+            // Only an upload in progress is writable (by the handle that created it).
+            return Err(match kind {
+                Kind::Input => FsError::Access,
+                _ => FsError::ReadOnly,
+            });
+        }
+        let _ = truncate;
+        match kind {
+            Kind::Status => opened(self.new_handle(Handle::Computed), true, false, None),
+            Kind::Input => {
+                let path = if matches!(ds.state(), State::Uploading) {
+                    self.store.upload_path(&ds.name)
+                } else {
+                    self.store.input_path(&ds.name)
+                };
+                let f = Arc::new(File::open(&path).map_err(|_| FsError::NotFound)?);
+                opened(self.new_handle(Handle::File(f)), false, false, None)
+            }
+            Kind::ArchiveFile | Kind::FeatureFile => {
+                let r = ds.ready().ok_or(FsError::NotFound)?;
+                let f = Arc::new(File::open(self.real_path(&r, kind, index)?).map_err(io_err)?);
+                opened(
+                    self.new_handle(Handle::File(f.clone())),
+                    false,
+                    true,
+                    Some(f),
+                )
+            }
+            Kind::Range => {
+                let (_, csr, a, b) = self.range(index)?;
+                if csr {
+                    let r = ds.ready().ok_or(FsError::NotFound)?;
+                    let span = RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
+                    let bytes = render::npz(&r.archive, &span).map_err(|_| FsError::TooBig)?;
+                    return opened(
+                        self.new_handle(Handle::Buffer(Arc::new(bytes))),
+                        false,
+                        true,
+                        None,
+                    );
+                }
+                opened(self.new_handle(Handle::Computed), false, true, None)
+            }
+            _ => opened(self.new_handle(Handle::Computed), false, true, None),
+        }
+    }
+
+    pub fn read(&self, ino_: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let slice = |bytes: &[u8]| {
+            let start = (offset as usize).min(bytes.len());
+            let end = start.saturating_add(size as usize).min(bytes.len());
+            bytes[start..end].to_vec()
+        };
+        if ino_ == CONTROL_INO {
+            return Ok(slice(self.control_text().as_bytes()));
+        }
+        let handle = {
+            let h = self.handles.lock().expect("handles");
+            match h.get(&fh) {
+                Some(Handle::File(f)) => Some(Ok(f.clone())),
+                Some(Handle::Buffer(b)) => Some(Err(b.clone())),
+                _ => None,
+            }
+        };
+        match handle {
+            Some(Ok(file)) => {
+                let mut buf = vec![0u8; size as usize];
+                let n = read_at_full(&file, &mut buf, offset).map_err(io_err)?;
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Some(Err(bytes)) => return Ok(slice(&bytes)),
+            None => {}
+        }
+        let (kind, id, index) = split(ino_).ok_or(FsError::NotFound)?;
+        let ds = self.dataset_by_id(id)?;
+        match kind {
+            Kind::Status => Ok(slice(&ds.status_json())),
+            Kind::FeatureJson => {
+                let r = ds.ready().ok_or(FsError::NotFound)?;
+                Ok(slice(
+                    r.feature_json(index as usize).ok_or(FsError::NotFound)?,
+                ))
+            }
+            Kind::Row => {
+                let r = ds.ready().ok_or(FsError::NotFound)?;
+                let span =
+                    RowSpan::new(&r.archive, index, index + 1, true).ok_or(FsError::NotFound)?;
+                Ok(span.dense_read(&r.archive, offset, size as usize))
+            }
+            Kind::Range => {
+                let r = ds.ready().ok_or(FsError::NotFound)?;
+                let (_, _, a, b) = self.range(index)?;
+                let span = RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
+                Ok(span.dense_read(&r.archive, offset, size as usize))
+            }
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    // ------------------------------------------------------------------------------ writes
+
+    /// Creates `NAME.h5ad` in the root: a new upload, converted when its writer closes it.
+    pub fn create(&self, parent: u64, name: &str) -> FsResult<(Attr, Opened)> {
+        if parent != ROOT_INO {
+            return Err(FsError::ReadOnly);
+        }
+        if name == ".control" {
+            return Err(FsError::Exists);
+        }
+        let dname =
+            DatasetName::from_input_file(name).map_err(|e| FsError::Invalid(e.to_string()))?;
+        self.rescan_if_stale();
+        let ds = {
+            let mut reg = self.registry.write().expect("registry");
+            if reg.by_name.contains_key(&dname)
+                || self.store.input_path(&dname).exists()
+                || self.store.archive_path(&dname).exists()
+            {
+                return Err(FsError::Exists);
+            }
+            reg.insert(dname.clone(), State::Uploading)
+                .ok_or(FsError::Io("too many datasets".into()))?
+        };
+        let path = self.store.upload_path(&dname);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                self.registry.write().expect("registry").remove(&dname);
+                return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    FsError::Exists
+                } else {
+                    io_err(e)
+                });
+            }
+        };
+        let fh = self.new_handle(Handle::Upload {
+            dataset: ds.clone(),
+            file,
+        });
+        let attr = self.getattr(ino(Kind::Input, ds.id, 0))?;
+        Ok((
+            attr,
+            Opened {
+                fh,
+                direct_io: false,
+                keep_cache: false,
+                backing: None,
+            },
+        ))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let mut handles = self.handles.lock().expect("handles");
+        match handles.get_mut(&fh) {
+            Some(Handle::Upload { file, .. }) => {
+                file.write_all_at(data, offset).map_err(io_err)?;
+                Ok(data.len() as u32)
+            }
+            Some(Handle::Control(pending)) => {
+                pending.extend_from_slice(data);
+                let mut lines = Vec::new();
+                while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=pos).collect();
+                    lines.push(line);
+                }
+                drop(handles);
+                for line in lines {
+                    self.run_command_bytes(&line[..line.len() - 1])?;
+                }
+                Ok(data.len() as u32)
+            }
+            Some(_) => Err(FsError::ReadOnly),
+            None => Err(FsError::Io("bad file handle".into())),
+        }
+    }
+
+    /// Truncates an upload (the only node whose size may be set).
+    pub fn set_size(&self, ino_: u64, size: u64) -> FsResult<Attr> {
+        if ino_ == CONTROL_INO {
+            return self.getattr(ino_);
+        }
+        let (kind, id, _) = split(ino_).ok_or(FsError::NotFound)?;
+        let ds = self.dataset_by_id(id)?;
+        if kind != Kind::Input || !matches!(ds.state(), State::Uploading) {
+            return Err(if kind == Kind::Input {
+                FsError::Access
+            } else {
+                FsError::ReadOnly
+            });
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.store.upload_path(&ds.name))
+            .map_err(io_err)?;
+        f.set_len(size).map_err(io_err)?;
+        self.getattr(ino_)
+    }
+
+    /// Closes a handle: a finished upload becomes NAME.h5ad and is queued for conversion; a
+    /// `.control` line without a final newline is run.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self.handles.lock().expect("handles").remove(&fh);
+        match h {
+            Some(Handle::Upload { dataset, file }) => self.finish_upload(dataset, file),
+            Some(Handle::Control(pending)) if !pending.iter().all(u8::is_ascii_whitespace) => {
+                self.run_command_bytes(&pending)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn finish_upload(&self, ds: Arc<Dataset>, file: File) -> FsResult<()> {
+        let from = self.store.upload_path(&ds.name);
+        let to = self.store.input_path(&ds.name);
+        let published = file
+            .sync_all()
+            .map_err(io_err)
+            .and_then(|_| crate::archive::rename_no_replace(&from, &to).map_err(io_err))
+            .and_then(|_| crate::archive::sync_dir(self.store.root()).map_err(io_err));
+        if let Err(e) = published {
+            log::error!("{}: upload could not be published: {e:?}", ds.name);
+            let _ = std::fs::remove_file(&from);
+            self.registry.write().expect("registry").remove(&ds.name);
+            return Err(e);
+        }
+        ds.has_input.store(true, Ordering::Relaxed);
+        ds.set_state(State::Queued);
+        self.enqueue(ds);
+        Ok(())
+    }
+
+    /// Removes `NAME.h5ad` from the root (the dataset, if converted, stays).
+    pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        if parent != ROOT_INO {
+            return Err(FsError::ReadOnly);
+        }
+        let stem = name.strip_suffix(".h5ad").ok_or(FsError::Access)?;
+        let ds = self.dataset_by_name(stem).ok_or(FsError::NotFound)?;
+        match ds.state() {
+            State::Uploading | State::Queued | State::Converting => return Err(FsError::Busy),
+            _ => {}
+        }
+        if !ds.has_input.load(Ordering::Relaxed) {
+            return Err(FsError::NotFound);
+        }
+        std::fs::remove_file(self.store.input_path(&ds.name)).map_err(io_err)?;
+        self.store.clear_failure(&ds.name);
+        ds.has_input.store(false, Ordering::Relaxed);
+        if matches!(ds.state(), State::Failed(_)) && !self.store.archive_path(&ds.name).exists() {
+            self.registry.write().expect("registry").remove(&ds.name);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------ .control
+
+    fn control_text(&self) -> String {
+        self.control_log
+            .lock()
+            .expect("control log")
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    fn record(&self, command: &str, result: &FsResult<String>) {
+        let rec = ControlRecord {
+            time: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            command: command.to_string(),
+            ok: result.is_ok(),
+            message: match result {
+                Ok(m) => m.clone(),
+                Err(FsError::Invalid(m)) | Err(FsError::Io(m)) => m.clone(),
+                Err(e) => format!("{e:?}"),
+            },
+        };
+        let mut log = self.control_log.lock().expect("control log");
+        log.push_back(serde_json::to_string(&rec).expect("serialisable"));
+        while log.len() > CONTROL_HISTORY {
+            log.pop_front();
+        }
+    }
+
+    fn run_command_bytes(&self, line: &[u8]) -> FsResult<()> {
+        let text = String::from_utf8_lossy(line).trim().to_string();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let result = match std::str::from_utf8(line) {
+            Ok(_) => self.run_command(&text),
+            Err(_) => Err(FsError::Invalid("command is not UTF-8".into())),
+        };
+        self.record(&text, &result);
+        result.map(|_| ())
+    }
+
+    /// Runs one `.control` command. Every refusal is `Invalid(reason)` (EINVAL to the writer).
+    pub fn run_command(&self, line: &str) -> FsResult<String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let invalid = |m: String| Err(FsError::Invalid(m));
+        match words.as_slice() {
+            ["delete", name] => {
+                let name = DatasetName::parse(name).map_err(|e| FsError::Invalid(e.to_string()))?;
+                let ds = match self.dataset_by_name(name.as_str()) {
+                    Some(ds) => ds,
+                    None => return invalid(format!("delete: no dataset {name}")),
+                };
+                if matches!(
+                    ds.state(),
+                    State::Uploading | State::Queued | State::Converting
+                ) {
+                    return invalid(format!(
+                        "delete: {name} is {}; try again when it is done",
+                        ds.state().name()
+                    ));
+                }
+                self.store
+                    .delete(&name)
+                    .map_err(|e| FsError::Io(e.to_string()))?;
+                self.registry.write().expect("registry").remove(&name);
+                Ok(format!("deleted {name}"))
+            }
+            ["delete", ..] => invalid("usage: delete NAME".into()),
+            ["concat", ..] => invalid("concat: not supported by this version yet".into()),
+            [cmd, ..] => invalid(format!(
+                "unknown command '{cmd}' (commands: delete NAME, concat NEW SRC...)"
+            )),
+            [] => invalid("empty command".into()),
+        }
+    }
+}
+
+/// pread until `buf` is full or end of file.
+fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A canonical decimal index ("0", "42"; not "042", "+1" or "").
+fn parse_index(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// "a-b" with canonical a < b.
+fn parse_range(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s.split_once('-')?;
+    let (a, b) = (parse_index(a)?, parse_index(b)?);
+    (a < b).then_some((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_fields_round_trip() {
+        let i = ino(Kind::Row, 513, 123_456_789);
+        assert_eq!(split(i), Some((Kind::Row, 513, 123_456_789)));
+        assert_eq!(split(ROOT_INO), None);
+    }
+
+    #[test]
+    fn names_of_rows_are_canonical() {
+        assert_eq!(parse_index("0"), Some(0));
+        assert_eq!(parse_index("42"), Some(42));
+        for bad in ["", "042", "+1", "-1", "1e3", "x"] {
+            assert_eq!(parse_index(bad), None, "{bad}");
+        }
+        assert_eq!(parse_range("3-5"), Some((3, 5)));
+        assert_eq!(parse_range("5-5"), None);
+        assert_eq!(parse_range("5-3"), None);
+        assert_eq!(parse_range("3-"), None);
+    }
+}

@@ -1,0 +1,322 @@
+//! Synthetic files computed from a memory-mapped archive on demand: a row or a range of rows as
+//! a dense `.npy`, a range as a scipy `.npz` (CSR), a feature block as JSON. Sizes are computed
+//! exactly without rendering (np.load checks them); dense files are rendered piecewise for the
+//! byte range asked, so a read never costs more than the rows it touches.
+
+use std::io::Write;
+
+use crate::archive::Archive;
+use crate::error::{Error, Result};
+use crate::h5ad::Column;
+use crate::npy;
+
+/// Rows [first, end) of one feature block: the unit a synthetic file shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowSpan {
+    pub first: u64,
+    pub end: u64,
+    /// The width (num_vars) of the block holding the rows.
+    pub width: u64,
+    /// 1-D file (`rows/<i>.npy`) rather than 2-D (`rows/<a>-<b>.npy`).
+    pub single: bool,
+}
+
+impl RowSpan {
+    /// The span for rows [first, end), if they exist and lie in one feature block.
+    pub fn new(archive: &Archive, first: u64, end: u64, single: bool) -> Option<RowSpan> {
+        if first >= end || end > archive.num_rows {
+            return None;
+        }
+        let (block, start) = archive.features.block_of_row(first)?;
+        let b = &archive.features.blocks[block];
+        if end > start + b.rows {
+            return None;
+        }
+        Some(RowSpan {
+            first,
+            end,
+            width: b.frame.num_vars,
+            single,
+        })
+    }
+
+    fn rows(&self) -> u64 {
+        self.end - self.first
+    }
+
+    fn header(&self, archive: &Archive) -> Vec<u8> {
+        let shape: Vec<u64> = if self.single {
+            vec![self.width]
+        } else {
+            vec![self.rows(), self.width]
+        };
+        npy::header(archive.data_dtype.descr(), &shape)
+    }
+
+    /// Exact size of the dense .npy file.
+    pub fn dense_size(&self, archive: &Archive) -> u64 {
+        self.header(archive).len() as u64
+            + self.rows() * self.width * archive.data_dtype.size() as u64
+    }
+
+    /// Bytes [offset, offset + len) of the dense .npy file.
+    pub fn dense_read(&self, archive: &Archive, offset: u64, len: usize) -> Vec<u8> {
+        let header = self.header(archive);
+        let total = self.dense_size(archive);
+        let end = (offset + len as u64).min(total);
+        if offset >= end {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let h = header.len() as u64;
+        if offset < h {
+            out.extend_from_slice(&header[offset as usize..h.min(end) as usize]);
+        }
+        let item = archive.data_dtype.size() as u64;
+        let row_bytes = self.width * item;
+        if end <= h || row_bytes == 0 {
+            return out;
+        }
+        // Body bytes [b0, b1) relative to the first row.
+        let b0 = offset.max(h) - h;
+        let b1 = end - h;
+        let mut row_buf = vec![0u8; row_bytes as usize];
+        for r in b0 / row_bytes..=((b1 - 1) / row_bytes) {
+            self.fill_row(archive, self.first + r, &mut row_buf);
+            let row_start = r * row_bytes;
+            let lo = b0.max(row_start) - row_start;
+            let hi = b1.min(row_start + row_bytes) - row_start;
+            out.extend_from_slice(&row_buf[lo as usize..hi as usize]);
+        }
+        out
+    }
+
+    /// Writes row `row` densely into `buf` (zeros, then the stored values at their columns).
+    fn fill_row(&self, archive: &Archive, row: u64, buf: &mut [u8]) {
+        buf.fill(0);
+        let item = archive.data_dtype.size();
+        let (a, b) = archive.row_range(row);
+        let values = archive.data_bytes(a, b);
+        for (k, e) in (a..b).enumerate() {
+            let c = archive.col_at(e) as usize;
+            // A column past the block width would be a corrupt archive: skip rather than panic.
+            if let Some(dst) = buf.get_mut(c * item..(c + 1) * item) {
+                dst.copy_from_slice(&values[k * item..(k + 1) * item]);
+            }
+        }
+    }
+}
+
+/// A stored (uncompressed) zip member of an .npz: name and .npy bytes.
+struct Member {
+    name: &'static str,
+    bytes: Vec<u8>,
+}
+
+const ZIP_LOCAL: usize = 30;
+const ZIP_CENTRAL: usize = 46;
+const ZIP_END: usize = 22;
+
+/// The members of `csr/<a>-<b>.npz` in the layout scipy.sparse.save_npz writes. Column indices
+/// are int32 (int64 past 2^31 columns), indptr int64.
+fn csr_members(archive: &Archive, span: &RowSpan) -> Vec<Member> {
+    let (a, _) = archive.row_range(span.first);
+    let (_, b) = archive.row_range(span.end - 1);
+    let nnz = b - a;
+    let dtype = archive.data_dtype;
+    let mut data = npy::header(dtype.descr(), &[nnz]);
+    data.extend_from_slice(archive.data_bytes(a, b));
+    let wide = span.width > i32::MAX as u64;
+    let mut indices = npy::header(if wide { "<i8" } else { "<i4" }, &[nnz]);
+    indices.reserve((nnz * if wide { 8 } else { 4 }) as usize);
+    for e in a..b {
+        let c = archive.col_at(e);
+        if wide {
+            indices.extend_from_slice(&(c as i64).to_le_bytes());
+        } else {
+            indices.extend_from_slice(&(c as i32).to_le_bytes());
+        }
+    }
+    let mut indptr = npy::header("<i8", &[span.rows() + 1]);
+    for r in span.first..=span.end {
+        let p = if r == span.end {
+            b
+        } else {
+            archive.row_ptr_at(r)
+        };
+        indptr.extend_from_slice(&((p - a) as i64).to_le_bytes());
+    }
+    let mut format = npy::header("|S3", &[]);
+    format.extend_from_slice(b"csr");
+    let mut shape = npy::header("<i8", &[2]);
+    shape.extend_from_slice(&(span.rows() as i64).to_le_bytes());
+    shape.extend_from_slice(&(span.width as i64).to_le_bytes());
+    vec![
+        Member {
+            name: "indices.npy",
+            bytes: indices,
+        },
+        Member {
+            name: "indptr.npy",
+            bytes: indptr,
+        },
+        Member {
+            name: "format.npy",
+            bytes: format,
+        },
+        Member {
+            name: "shape.npy",
+            bytes: shape,
+        },
+        Member {
+            name: "data.npy",
+            bytes: data,
+        },
+    ]
+}
+
+/// Exact size of `csr/<a>-<b>.npz`, computed from the row pointers only.
+pub fn npz_size(archive: &Archive, span: &RowSpan) -> u64 {
+    let (a, _) = archive.row_range(span.first);
+    let (_, b) = archive.row_range(span.end - 1);
+    let nnz = b - a;
+    let index_size = if span.width > i32::MAX as u64 { 8 } else { 4 };
+    let body =
+        |descr: &str, shape: &[u64], bytes: u64| npy::header(descr, shape).len() as u64 + bytes;
+    let members = [
+        (
+            "indices.npy",
+            body(
+                if index_size == 8 { "<i8" } else { "<i4" },
+                &[nnz],
+                nnz * index_size,
+            ),
+        ),
+        (
+            "indptr.npy",
+            body("<i8", &[span.rows() + 1], (span.rows() + 1) * 8),
+        ),
+        ("format.npy", body("|S3", &[], 3)),
+        ("shape.npy", body("<i8", &[2], 16)),
+        (
+            "data.npy",
+            body(
+                archive.data_dtype.descr(),
+                &[nnz],
+                nnz * archive.data_dtype.size() as u64,
+            ),
+        ),
+    ];
+    members
+        .iter()
+        .map(|(n, len)| (ZIP_LOCAL + ZIP_CENTRAL + 2 * n.len()) as u64 + len)
+        .sum::<u64>()
+        + ZIP_END as u64
+}
+
+/// Largest .npz we render (zip without the zip64 extension).
+pub const MAX_NPZ_BYTES: u64 = u32::MAX as u64;
+
+/// Renders `csr/<a>-<b>.npz` completely (a zip of stored members, as np.savez writes).
+pub fn npz(archive: &Archive, span: &RowSpan) -> Result<Vec<u8>> {
+    if npz_size(archive, span) > MAX_NPZ_BYTES {
+        return Err(Error::Usage(format!(
+            "rows {}-{} would make an .npz over 4 GiB; ask for a smaller range",
+            span.first, span.end
+        )));
+    }
+    let members = csr_members(archive, span);
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for m in &members {
+        let crc = crc32fast::hash(&m.bytes);
+        let offset = out.len() as u32;
+        let size = m.bytes.len() as u32;
+        // Local file header: version 2.0, no flags, stored, DOS time/date 1980-01-01.
+        out.write_all(&0x04034b50u32.to_le_bytes()).expect("vec");
+        out.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(m.name.as_bytes());
+        out.extend_from_slice(&m.bytes);
+        central.extend_from_slice(&0x02014b50u32.to_le_bytes());
+        central.extend_from_slice(&[20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
+        central.extend_from_slice(&crc.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+        central.extend_from_slice(&[0; 8]); // extra len, comment len, disk, internal attrs
+        central.extend_from_slice(&(0o100444u32 << 16).to_le_bytes()); // external attrs: -r--r--r--
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(m.name.as_bytes());
+    }
+    let cd_offset = out.len() as u32;
+    let cd_size = central.len() as u32;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x06054b50u32.to_le_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&cd_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    debug_assert_eq!(out.len() as u64, npz_size(archive, span));
+    Ok(out)
+}
+
+fn column_json(col: &Column) -> serde_json::Value {
+    use serde_json::Value;
+    let float = |f: f64| {
+        serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
+    };
+    match col {
+        Column::Str(v) => v
+            .iter()
+            .map(|x| x.clone().map(Value::String).unwrap_or(Value::Null))
+            .collect(),
+        Column::Int(v) => v
+            .iter()
+            .map(|x| x.map(Value::from).unwrap_or(Value::Null))
+            .collect(),
+        Column::UInt(v) => v
+            .iter()
+            .map(|x| x.map(Value::from).unwrap_or(Value::Null))
+            .collect(),
+        Column::Float(v) => v
+            .iter()
+            .map(|x| x.map(float).unwrap_or(Value::Null))
+            .collect(),
+        Column::Bool(v) => v
+            .iter()
+            .map(|x| x.map(Value::Bool).unwrap_or(Value::Null))
+            .collect(),
+    }
+}
+
+/// `features/<k>.json`: the block's rows, width, label and columns (NaN as null).
+pub fn feature_json(archive: &Archive, block: usize) -> Option<Vec<u8>> {
+    let b = archive.features.blocks.get(block)?;
+    let first_row: u64 = archive.features.blocks[..block]
+        .iter()
+        .map(|b| b.rows)
+        .sum();
+    let mut columns = serde_json::Map::new();
+    for (name, col) in &b.frame.columns {
+        columns.insert(name.clone(), column_json(col));
+    }
+    let v = serde_json::json!({
+        "first_row": first_row,
+        "num_rows": b.rows,
+        "num_vars": b.frame.num_vars,
+        "label": b.label,
+        "columns": columns,
+    });
+    let mut bytes = serde_json::to_vec(&v).expect("serialisable");
+    bytes.push(b'\n');
+    Some(bytes)
+}
