@@ -554,7 +554,7 @@ impl Namespace {
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
-            let busy = self.jobs.lock().expect("jobs").len() > 0
+            let busy = !self.jobs.lock().expect("jobs").is_empty()
                 || self
                     .registry
                     .read()
