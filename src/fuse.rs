@@ -20,8 +20,11 @@ pub struct ScdlFs {
     uid: u32,
     gid: u32,
     passthrough: bool,
-    /// Backing ids of passthrough opens, kept until release (dropping one closes it).
-    backing: Mutex<HashMap<u64, BackingId>>,
+    /// Backing ids of passthrough opens by inode, with their open count: the kernel wants every
+    /// open of one inode to share one backing file, and dropping the id closes it.
+    backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// Which inode each passthrough handle belongs to.
+    backing_handles: Mutex<HashMap<u64, u64>>,
 }
 
 impl ScdlFs {
@@ -34,6 +37,7 @@ impl ScdlFs {
             gid: unsafe { libc::getgid() },
             passthrough: false,
             backing: Mutex::new(HashMap::new()),
+            backing_handles: Mutex::new(HashMap::new()),
         }
     }
 
@@ -151,13 +155,15 @@ impl Filesystem for ScdlFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if mode.is_some() || uid.is_some() || gid.is_some() {
-            return reply.error(Errno::EPERM);
-        }
-        let r = match size {
-            Some(s) => self.ns.set_size(ino.0, s),
-            // Time updates (touch) are accepted and ignored: times are the store's.
-            None => self.ns.getattr(ino.0),
+        // Modes, owners and times are the store's: changing them is accepted (and ignored) only
+        // for an upload in progress, as copy tools set them on the file they create.
+        let r = if mode.is_some() || uid.is_some() || gid.is_some() {
+            self.ns.accept_metadata_change(ino.0)
+        } else {
+            match size {
+                Some(s) => self.ns.set_size(ino.0, s),
+                None => self.ns.getattr(ino.0),
+            }
         };
         match r {
             Ok(a) => reply.attr(&a.ttl, &self.attr(&a)),
@@ -181,10 +187,26 @@ impl Filesystem for ScdlFs {
         };
         let fopen = self.open_flags(&o);
         if let (true, Some(file)) = (self.passthrough, o.backing.as_ref()) {
-            match reply.open_backing(file.as_ref()) {
+            let mut backing = self.backing.lock().expect("backing");
+            let id = match backing.get_mut(&ino.0) {
+                Some((id, count)) => {
+                    *count += 1;
+                    Ok(id.clone())
+                }
+                None => reply.open_backing(file.as_ref()).map(|id| {
+                    let id = Arc::new(id);
+                    backing.insert(ino.0, (id.clone(), 1));
+                    id
+                }),
+            };
+            match id {
                 Ok(id) => {
-                    reply.opened_passthrough(FileHandle(o.fh), fopen, &id);
-                    self.backing.lock().expect("backing").insert(o.fh, id);
+                    self.backing_handles
+                        .lock()
+                        .expect("backing")
+                        .insert(o.fh, ino.0);
+                    // The page cache belongs to the backing file: no cache flags here.
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
                     return;
                 }
                 Err(e) => log::debug!("passthrough refused ({e}); serving through the daemon"),
@@ -232,11 +254,14 @@ impl Filesystem for ScdlFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        match self.ns.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn fsync(
@@ -260,7 +285,15 @@ impl Filesystem for ScdlFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.backing.lock().expect("backing").remove(&fh.0);
+        if let Some(ino) = self.backing_handles.lock().expect("backing").remove(&fh.0) {
+            let mut backing = self.backing.lock().expect("backing");
+            if let Some((_, count)) = backing.get_mut(&ino) {
+                *count -= 1;
+                if *count == 0 {
+                    backing.remove(&ino);
+                }
+            }
+        }
         match self.ns.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

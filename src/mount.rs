@@ -130,6 +130,10 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     cfg.clone_fd = true;
     let mut session = fuser::Session::new(ScdlFs::new(ns.clone()), &opts.mountpoint, &cfg)
         .map_err(|e| MountError::Mount(e.to_string()))?;
+    let notifier = session.notifier();
+    ns.set_invalidator(Box::new(move |parent, name| {
+        let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(name));
+    }));
     let mut unmounter = session.unmount_callable();
     let mnt = opts.mountpoint.clone();
     let mut signals =

@@ -160,6 +160,8 @@ const ARCHIVE_FILES: [&str; 7] = [
 const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Inside a ready dataset nothing changes: cache for long.
 const LONG_TTL: Duration = Duration::from_secs(3600);
+/// A lookup miss rescans the store at most this often (other daemons publish into it).
+const RESCAN_AFTER_MISS: Duration = Duration::from_millis(250);
 
 // ---------------------------------------------------------------------------------- datasets
 
@@ -391,7 +393,13 @@ pub struct Namespace {
     shutting_down: AtomicBool,
     last_rescan: Mutex<std::time::Instant>,
     started: SystemTime,
+    invalidator: std::sync::OnceLock<Arc<Invalidator>>,
+    /// Names to invalidate from outside any request (see `forget_names_later`).
+    invalidations: Mutex<Option<std::sync::mpsc::Sender<DatasetName>>>,
 }
+
+/// Tells the kernel to drop a cached name (parent inode, name) that no longer exists.
+pub type Invalidator = Box<dyn Fn(u64, &str) + Send + Sync>;
 
 fn io_err(e: impl std::fmt::Display) -> FsError {
     FsError::Io(e.to_string())
@@ -414,6 +422,8 @@ impl Namespace {
             shutting_down: AtomicBool::new(false),
             last_rescan: Mutex::new(std::time::Instant::now()),
             started: SystemTime::now(),
+            invalidator: std::sync::OnceLock::new(),
+            invalidations: Mutex::new(None),
         });
         ns.rescan();
         ns
@@ -421,6 +431,39 @@ impl Namespace {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Installs the kernel-cache invalidation hook (the FUSE adapter's notifier).
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let f = Arc::new(f);
+        if self.invalidator.set(f.clone()).is_err() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<DatasetName>();
+        *self.invalidations.lock().expect("invalidations") = Some(tx);
+        std::thread::spawn(move || {
+            for name in rx {
+                f(ROOT_INO, name.as_str());
+                f(ROOT_INO, &name.input_file_name());
+            }
+        });
+    }
+
+    /// Drops the kernel's cached names of a dataset that went away. Not to be called while the
+    /// kernel holds the root directory locked for this request (unlink): see `forget_names_later`.
+    fn forget_names(&self, name: &DatasetName) {
+        if let Some(f) = self.invalidator.get() {
+            f(ROOT_INO, name.as_str());
+            f(ROOT_INO, &name.input_file_name());
+        }
+    }
+
+    /// Invalidation from a thread of its own: for requests during which the kernel holds the
+    /// root directory (unlink, lookup), where a synchronous invalidation would deadlock.
+    fn forget_names_later(&self, name: DatasetName) {
+        if let Some(tx) = self.invalidations.lock().expect("invalidations").as_ref() {
+            let _ = tx.send(name);
+        }
     }
 
     /// Starts the conversion workers (they stop at `shutdown`).
@@ -456,9 +499,14 @@ impl Namespace {
             })
             .map(|(n, _)| n.clone())
             .collect();
-        for n in gone {
-            reg.remove(&n);
+        for n in &gone {
+            reg.remove(n);
         }
+        drop(reg);
+        for n in gone {
+            self.forget_names_later(n);
+        }
+        let mut reg = self.registry.write().expect("registry");
         for (name, has_archive, has_input) in found {
             if let Some(ds) = reg.by_name.get(&name) {
                 ds.has_input.store(has_input, Ordering::Relaxed);
@@ -493,7 +541,7 @@ impl Namespace {
 
     fn rescan_if_stale(&self) {
         let mut last = self.last_rescan.lock().expect("rescan lock");
-        if last.elapsed() >= Duration::from_secs(1) {
+        if last.elapsed() >= RESCAN_AFTER_MISS {
             *last = std::time::Instant::now();
             drop(last);
             self.rescan();
@@ -1240,6 +1288,32 @@ impl Namespace {
         self.getattr(ino_)
     }
 
+    /// close(2) of a handle (FUSE flush, synchronous with close, unlike release): a finished
+    /// upload is published here, so that when `cp` returns the dataset already exists.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let mut handles = self.handles.lock().expect("handles");
+        if !matches!(handles.get(&fh), Some(Handle::Upload { .. })) {
+            return Ok(());
+        }
+        let Some(Handle::Upload { dataset, file }) = handles.insert(fh, Handle::Computed) else {
+            unreachable!("checked above")
+        };
+        drop(handles);
+        self.finish_upload(dataset, file)
+    }
+
+    /// Mode or owner changes: allowed (as no-ops) on an upload in progress, refused elsewhere.
+    pub fn accept_metadata_change(&self, ino_: u64) -> FsResult<Attr> {
+        match split(ino_) {
+            Some((Kind::Input, id, _))
+                if matches!(self.dataset_by_id(id)?.state(), State::Uploading) =>
+            {
+                self.getattr(ino_)
+            }
+            _ => Err(FsError::Access),
+        }
+    }
+
     /// Closes a handle: a finished upload becomes NAME.h5ad and is queued for conversion; a
     /// `.control` line without a final newline is run.
     pub fn release(&self, fh: u64) -> FsResult<()> {
@@ -1292,6 +1366,7 @@ impl Namespace {
         ds.has_input.store(false, Ordering::Relaxed);
         if matches!(ds.state(), State::Failed(_)) && !self.store.archive_path(&ds.name).exists() {
             self.registry.write().expect("registry").remove(&ds.name);
+            self.forget_names_later(ds.name.clone());
         }
         Ok(())
     }
@@ -1365,6 +1440,7 @@ impl Namespace {
                     .delete(&name)
                     .map_err(|e| FsError::Io(e.to_string()))?;
                 self.registry.write().expect("registry").remove(&name);
+                self.forget_names(&name);
                 Ok(format!("deleted {name}"))
             }
             ["delete", ..] => invalid("usage: delete NAME".into()),

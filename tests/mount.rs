@@ -1,0 +1,332 @@
+//! The real thing: `scdl-fs mount` (needs root and /dev/fuse, as CI has), files dropped with
+//! ordinary copies, cells read back through the kernel by numpy/scipy and bionemo-scdl
+//! (tests/mount/read_check.py) and compared with the source .h5ad.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{bin, fixtures, python, repo, scdl, stderr};
+
+struct Mounted {
+    _dirs: tempfile::TempDir,
+    mnt: PathBuf,
+    store: PathBuf,
+}
+
+fn is_mounted(mnt: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_string_lossy().to_string();
+    text.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Pids of daemons serving `mnt`.
+fn daemons(mnt: &Path) -> Vec<i32> {
+    let want = mnt.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let args: Vec<String> = c
+                        .split(|&b| b == 0)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect();
+                    args.iter().any(|a| a == "mount") && args.contains(&want)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+impl Mounted {
+    fn start(extra: &[&str]) -> Mounted {
+        let dirs = tempfile::tempdir().unwrap();
+        let mnt = dirs.path().join("mnt");
+        let store = dirs.path().join("store");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut args = vec![
+            "mount",
+            mnt.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = scdl(&args);
+        assert!(o.status.success(), "mount failed: {}", stderr(&o));
+        // The command returns only once the mount is live.
+        assert!(is_mounted(&mnt), "mount returned before the mount was live");
+        Mounted {
+            _dirs: dirs,
+            mnt,
+            store,
+        }
+    }
+
+    fn drop_file(&self, name: &str, source: &Path) {
+        std::fs::copy(source, self.mnt.join(name)).unwrap();
+    }
+
+    fn status(&self, name: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.mnt.join(name).join("status.json")).unwrap())
+            .unwrap()
+    }
+
+    fn wait_done(&self, name: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = self.status(name);
+            if st["state"] == "ready" || st["state"] == "failed" || Instant::now() > deadline {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn read_check(&self, name: &str, sources: &[&Path], extra: &[&str]) {
+        let mut cmd = Command::new(python());
+        cmd.arg(repo().join("tests/mount/read_check.py"))
+            .arg(&self.mnt)
+            .arg(name);
+        cmd.args(sources).args(extra);
+        let o = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "read_check {name} failed:\n{text}");
+    }
+
+    fn unmount(&self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        for pid in daemons(&self.mnt) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+#[test]
+fn dropped_files_read_back_through_the_kernel() {
+    let m = Mounted::start(&[]);
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("csr", "csr_f32.h5ad", &["--bionemo"]),
+        ("csc", "csc_f32.h5ad", &[]),
+        ("dense", "dense_f32.h5ad", &[]),
+        ("raw", "raw_more_genes.h5ad", &["--matrix", "raw"]),
+    ];
+    for (name, file, _) in &cases {
+        m.drop_file(&format!("{name}.h5ad"), &fixtures().join(file));
+    }
+    for (name, file, extra) in &cases {
+        let st = m.wait_done(name);
+        assert_eq!(st["state"], "ready", "{name}: {st}");
+        m.read_check(name, &[&fixtures().join(file)], extra);
+    }
+    // The dropped input is kept, unchanged, read-only.
+    let src = fixtures().join("csr_f32.h5ad");
+    assert_eq!(
+        std::fs::read(m.mnt.join("csr.h5ad")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    assert!(std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("csr.h5ad"))
+        .is_err());
+}
+
+#[test]
+fn a_larger_dataset_and_an_archive_placed_in_the_store() {
+    let m = Mounted::start(&["--threads", "2"]);
+    // An archive converted elsewhere (a directory of files: three feature blocks) and copied in.
+    let out = m.store.join("ragged");
+    let o = scdl(&[
+        "convert",
+        fixtures().join("dir").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    m.drop_file("big.h5ad", &fixtures().join("large_csr_f32.h5ad"));
+    assert_eq!(m.wait_done("big")["state"], "ready");
+    m.read_check(
+        "big",
+        &[&fixtures().join("large_csr_f32.h5ad")],
+        &["--samples", "300"],
+    );
+    // Found by a lookup miss (rescan), served like a converted one.
+    assert_eq!(m.wait_done("ragged")["state"], "ready");
+    m.read_check("ragged", &[&fixtures().join("dir")], &["--bionemo"]);
+}
+
+#[test]
+fn bad_drops_fail_cleanly_and_the_mount_keeps_serving() {
+    let m = Mounted::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.h5ad");
+    std::fs::write(&junk, b"not an h5ad at all").unwrap();
+    m.drop_file("junk.h5ad", &junk);
+    m.drop_file("good.h5ad", &fixtures().join("csr_f32.h5ad"));
+    let st = m.wait_done("junk");
+    assert_eq!(st["state"], "failed");
+    let err = st["error"].as_str().unwrap().to_string();
+    assert!(err.contains("not an HDF5 file"), "{err}");
+    // Same one-line error as `scdl-fs convert`.
+    let o = scdl(&[
+        "convert",
+        junk.to_str().unwrap(),
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    let cli = stderr(&o);
+    assert!(
+        cli.trim_end().ends_with(err.split(": ").last().unwrap()),
+        "cli: {cli} status: {err}"
+    );
+    assert_eq!(m.wait_done("good")["state"], "ready");
+    // Unsafe or colliding names are refused at create time.
+    for bad in [".hidden.h5ad", "notes.txt"] {
+        let e = std::fs::write(m.mnt.join(bad), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{bad}: {e}");
+    }
+    let e = std::fs::write(m.mnt.join("good.h5ad"), b"x").unwrap_err();
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::EACCES)),
+        "{e}"
+    );
+    // Writes into datasets fail; unknown names do not exist.
+    assert_eq!(
+        std::fs::write(m.mnt.join("good/new"), b"x")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        std::fs::metadata(m.mnt.join("nope"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    // .control: a malformed command fails with EINVAL and its reason is readable.
+    let e = std::fs::write(m.mnt.join(".control"), b"explode now\n").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let log = std::fs::read_to_string(m.mnt.join(".control")).unwrap();
+    assert!(log.contains("unknown command 'explode'"), "{log}");
+    std::fs::write(m.mnt.join(".control"), b"delete good\n").unwrap();
+    assert!(!m.mnt.join("good").exists() && !m.store.join("good").exists());
+    // rm of an input deletes it.
+    std::fs::remove_file(m.mnt.join("junk.h5ad")).unwrap();
+    assert!(!m.store.join("junk.h5ad").exists());
+    // Nothing escaped the store.
+    let mut names: Vec<String> = std::fs::read_dir(&m.store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".scdl-fs"]);
+}
+
+#[test]
+fn sigterm_unmounts_and_a_stale_mount_is_cleared() {
+    let m = Mounted::start(&[]);
+    m.drop_file("a.h5ad", &fixtures().join("csr_f32.h5ad"));
+    assert_eq!(m.wait_done("a")["state"], "ready");
+    let pids = daemons(&m.mnt);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pids[0].to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (is_mounted(&m.mnt) || !daemons(&m.mnt).is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!is_mounted(&m.mnt), "SIGTERM unmounts");
+    assert!(daemons(&m.mnt).is_empty(), "and the daemon exits");
+
+    // Mount again on the same store: the dataset is served at once. Then kill -9.
+    let o = scdl(&[
+        "mount",
+        m.mnt.to_str().unwrap(),
+        "--store",
+        m.store.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(m.status("a")["state"], "ready");
+    let pids = daemons(&m.mnt);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    Command::new("kill")
+        .arg("-9")
+        .arg(pids[0].to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stale = loop {
+        match std::fs::metadata(&m.mnt) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => break true,
+            _ if Instant::now() > deadline => break false,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert!(stale, "a killed daemon leaves a stale mount (ENOTCONN)");
+    let o = scdl(&[
+        "mount",
+        m.mnt.to_str().unwrap(),
+        "--store",
+        m.store.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "stale mount cleared at start: {}",
+        stderr(&o)
+    );
+    m.read_check("a", &[&fixtures().join("csr_f32.h5ad")], &[]);
+    m.unmount();
+}
+
+#[test]
+fn mount_errors_have_their_own_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let store = dir.path().join("store");
+    // Not a directory.
+    let o = Command::new(bin())
+        .args([
+            "mount",
+            file.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a directory"));
+    // A store that cannot be created (under a regular file).
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let bad_store = file.join("store");
+    let o = Command::new(bin())
+        .args([
+            "mount",
+            mnt.to_str().unwrap(),
+            "--store",
+            bad_store.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("store"));
+    assert!(!is_mounted(&mnt));
+}
