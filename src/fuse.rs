@@ -185,7 +185,11 @@ impl Filesystem for ScdlFs {
             Ok(o) => o,
             Err(e) => return reply.error(errno(&e)),
         };
-        let fopen = self.open_flags(&o);
+        let mut fopen = self.open_flags(&o);
+        if !write {
+            // Nothing happens at close of a read-only file: spare the kernel a FLUSH round trip.
+            fopen |= FopenFlags::FOPEN_NOFLUSH;
+        }
         if let (true, Some(file)) = (self.passthrough, o.backing.as_ref()) {
             let mut backing = self.backing.lock().expect("backing");
             let id = match backing.get_mut(&ino.0) {
@@ -199,6 +203,7 @@ impl Filesystem for ScdlFs {
                     id
                 }),
             };
+            drop(backing);
             match id {
                 Ok(id) => {
                     self.backing_handles
@@ -285,7 +290,9 @@ impl Filesystem for ScdlFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Some(ino) = self.backing_handles.lock().expect("backing").remove(&fh.0) {
+        // Lock order: never hold `backing_handles` while taking `backing` (open does the reverse).
+        let passthrough_ino = self.backing_handles.lock().expect("backing").remove(&fh.0);
+        if let Some(ino) = passthrough_ino {
             let mut backing = self.backing.lock().expect("backing");
             if let Some((_, count)) = backing.get_mut(&ino) {
                 *count -= 1;

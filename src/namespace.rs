@@ -735,7 +735,7 @@ impl Namespace {
                 let stem = name.strip_suffix(".npz").ok_or(FsError::NotFound)?;
                 let (a, b) = parse_range(stem).ok_or(FsError::NotFound)?;
                 let span = RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
-                if render::npz_size(&r.archive, &span) > render::MAX_NPZ_BYTES {
+                if render::npz_size(&r.archive, &span).map_err(io_err)? > render::MAX_NPZ_BYTES {
                     return Err(FsError::TooBig);
                 }
                 Ok(self.range_ino(id, true, a, b))
@@ -890,7 +890,7 @@ impl Namespace {
                         let span =
                             RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
                         let size = if csr {
-                            render::npz_size(&r.archive, &span)
+                            render::npz_size(&r.archive, &span).map_err(io_err)?
                         } else {
                             span.dense_size(&r.archive)
                         };
@@ -1172,13 +1172,15 @@ impl Namespace {
                 let r = ds.ready().ok_or(FsError::NotFound)?;
                 let span =
                     RowSpan::new(&r.archive, index, index + 1, true).ok_or(FsError::NotFound)?;
-                Ok(span.dense_read(&r.archive, offset, size as usize))
+                span.dense_read(&r.archive, offset, size as usize)
+                    .map_err(io_err)
             }
             Kind::Range => {
                 let r = ds.ready().ok_or(FsError::NotFound)?;
                 let (_, _, a, b) = self.range(index)?;
                 let span = RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
-                Ok(span.dense_read(&r.archive, offset, size as usize))
+                span.dense_read(&r.archive, offset, size as usize)
+                    .map_err(io_err)
             }
             _ => Err(FsError::NotFound),
         }

@@ -60,12 +60,12 @@ impl RowSpan {
     }
 
     /// Bytes [offset, offset + len) of the dense .npy file.
-    pub fn dense_read(&self, archive: &Archive, offset: u64, len: usize) -> Vec<u8> {
+    pub fn dense_read(&self, archive: &Archive, offset: u64, len: usize) -> Result<Vec<u8>> {
         let header = self.header(archive);
         let total = self.dense_size(archive);
         let end = (offset + len as u64).min(total);
         if offset >= end {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let h = header.len() as u64;
@@ -75,35 +75,36 @@ impl RowSpan {
         let item = archive.data_dtype.size() as u64;
         let row_bytes = self.width * item;
         if end <= h || row_bytes == 0 {
-            return out;
+            return Ok(out);
         }
         // Body bytes [b0, b1) relative to the first row.
         let b0 = offset.max(h) - h;
         let b1 = end - h;
+        let (r0, r1) = (b0 / row_bytes, (b1 - 1) / row_bytes + 1);
+        // One read of row_ptr, columns and values for all the rows touched.
+        let ptrs = archive.row_ptrs(self.first + r0, self.first + r1 + 1)?;
+        let (a, b) = (ptrs[0], ptrs[ptrs.len() - 1]);
+        let cols = archive.cols(a, b)?;
+        let values = archive.data_bytes(a, b)?;
+        let item = archive.data_dtype.size();
         let mut row_buf = vec![0u8; row_bytes as usize];
-        for r in b0 / row_bytes..=((b1 - 1) / row_bytes) {
-            self.fill_row(archive, self.first + r, &mut row_buf);
+        for r in r0..r1 {
+            let k = (r - r0) as usize;
+            let (ra, rb) = ((ptrs[k] - a) as usize, (ptrs[k + 1] - a) as usize);
+            row_buf.fill(0);
+            for e in ra..rb {
+                let c = cols[e] as usize;
+                // A column past the block width would be a corrupt archive: skip, not panic.
+                if let Some(dst) = row_buf.get_mut(c * item..(c + 1) * item) {
+                    dst.copy_from_slice(&values[e * item..(e + 1) * item]);
+                }
+            }
             let row_start = r * row_bytes;
             let lo = b0.max(row_start) - row_start;
             let hi = b1.min(row_start + row_bytes) - row_start;
             out.extend_from_slice(&row_buf[lo as usize..hi as usize]);
         }
-        out
-    }
-
-    /// Writes row `row` densely into `buf` (zeros, then the stored values at their columns).
-    fn fill_row(&self, archive: &Archive, row: u64, buf: &mut [u8]) {
-        buf.fill(0);
-        let item = archive.data_dtype.size();
-        let (a, b) = archive.row_range(row);
-        let values = archive.data_bytes(a, b);
-        for (k, e) in (a..b).enumerate() {
-            let c = archive.col_at(e) as usize;
-            // A column past the block width would be a corrupt archive: skip rather than panic.
-            if let Some(dst) = buf.get_mut(c * item..(c + 1) * item) {
-                dst.copy_from_slice(&values[k * item..(k + 1) * item]);
-            }
-        }
+        Ok(out)
     }
 }
 
@@ -119,18 +120,17 @@ const ZIP_END: usize = 22;
 
 /// The members of `csr/<a>-<b>.npz` in the layout scipy.sparse.save_npz writes. Column indices
 /// are int32 (int64 past 2^31 columns), indptr int64.
-fn csr_members(archive: &Archive, span: &RowSpan) -> Vec<Member> {
-    let (a, _) = archive.row_range(span.first);
-    let (_, b) = archive.row_range(span.end - 1);
+fn csr_members(archive: &Archive, span: &RowSpan) -> Result<Vec<Member>> {
+    let ptrs = archive.row_ptrs(span.first, span.end + 1)?;
+    let (a, b) = (ptrs[0], ptrs[ptrs.len() - 1]);
     let nnz = b - a;
     let dtype = archive.data_dtype;
     let mut data = npy::header(dtype.descr(), &[nnz]);
-    data.extend_from_slice(archive.data_bytes(a, b));
+    data.extend_from_slice(&archive.data_bytes(a, b)?);
     let wide = span.width > i32::MAX as u64;
     let mut indices = npy::header(if wide { "<i8" } else { "<i4" }, &[nnz]);
     indices.reserve((nnz * if wide { 8 } else { 4 }) as usize);
-    for e in a..b {
-        let c = archive.col_at(e);
+    for c in archive.cols(a, b)? {
         if wide {
             indices.extend_from_slice(&(c as i64).to_le_bytes());
         } else {
@@ -138,12 +138,7 @@ fn csr_members(archive: &Archive, span: &RowSpan) -> Vec<Member> {
         }
     }
     let mut indptr = npy::header("<i8", &[span.rows() + 1]);
-    for r in span.first..=span.end {
-        let p = if r == span.end {
-            b
-        } else {
-            archive.row_ptr_at(r)
-        };
+    for p in ptrs {
         indptr.extend_from_slice(&((p - a) as i64).to_le_bytes());
     }
     let mut format = npy::header("|S3", &[]);
@@ -151,7 +146,7 @@ fn csr_members(archive: &Archive, span: &RowSpan) -> Vec<Member> {
     let mut shape = npy::header("<i8", &[2]);
     shape.extend_from_slice(&(span.rows() as i64).to_le_bytes());
     shape.extend_from_slice(&(span.width as i64).to_le_bytes());
-    vec![
+    Ok(vec![
         Member {
             name: "indices.npy",
             bytes: indices,
@@ -172,13 +167,13 @@ fn csr_members(archive: &Archive, span: &RowSpan) -> Vec<Member> {
             name: "data.npy",
             bytes: data,
         },
-    ]
+    ])
 }
 
 /// Exact size of `csr/<a>-<b>.npz`, computed from the row pointers only.
-pub fn npz_size(archive: &Archive, span: &RowSpan) -> u64 {
-    let (a, _) = archive.row_range(span.first);
-    let (_, b) = archive.row_range(span.end - 1);
+pub fn npz_size(archive: &Archive, span: &RowSpan) -> Result<u64> {
+    let (a, _) = archive.row_range(span.first)?;
+    let (_, b) = archive.row_range(span.end - 1)?;
     let nnz = b - a;
     let index_size = if span.width > i32::MAX as u64 { 8 } else { 4 };
     let body =
@@ -207,11 +202,11 @@ pub fn npz_size(archive: &Archive, span: &RowSpan) -> u64 {
             ),
         ),
     ];
-    members
+    Ok(members
         .iter()
         .map(|(n, len)| (ZIP_LOCAL + ZIP_CENTRAL + 2 * n.len()) as u64 + len)
         .sum::<u64>()
-        + ZIP_END as u64
+        + ZIP_END as u64)
 }
 
 /// Largest .npz we render (zip without the zip64 extension).
@@ -219,13 +214,13 @@ pub const MAX_NPZ_BYTES: u64 = u32::MAX as u64;
 
 /// Renders `csr/<a>-<b>.npz` completely (a zip of stored members, as np.savez writes).
 pub fn npz(archive: &Archive, span: &RowSpan) -> Result<Vec<u8>> {
-    if npz_size(archive, span) > MAX_NPZ_BYTES {
+    if npz_size(archive, span)? > MAX_NPZ_BYTES {
         return Err(Error::Usage(format!(
             "rows {}-{} would make an .npz over 4 GiB; ask for a smaller range",
             span.first, span.end
         )));
     }
-    let members = csr_members(archive, span);
+    let members = csr_members(archive, span)?;
     let mut out = Vec::new();
     let mut central = Vec::new();
     for m in &members {
@@ -263,7 +258,7 @@ pub fn npz(archive: &Archive, span: &RowSpan) -> Result<Vec<u8>> {
     out.extend_from_slice(&cd_size.to_le_bytes());
     out.extend_from_slice(&cd_offset.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
-    debug_assert_eq!(out.len() as u64, npz_size(archive, span));
+    debug_assert_eq!(out.len() as u64, npz_size(archive, span)?);
     Ok(out)
 }
 

@@ -2,8 +2,10 @@
 //! `col_ptr.npy` column indices, `row_ptr.npy` row offsets — headerless despite the name),
 //! `metadata.json`, `dtypes.json`, `version.json`, `header.sch` and the feature index.
 //!
-//! `Archive` opens one read-only through memory maps, whoever wrote it (scdl-fs, bionemo-scdl
-//! 0.0.5 or 0.1.3), validating its shape first; `ArchiveWriter` writes one atomically.
+//! `Archive` opens one read-only, whoever wrote it (scdl-fs, bionemo-scdl 0.0.5 or 0.1.3),
+//! validating its shape first, and reads it with positional reads (pread), not memory maps: a
+//! daemon serving millions of random rows keeps its resident memory flat, the data staying in
+//! the kernel's page cache. `ArchiveWriter` writes one atomically.
 
 pub mod header;
 mod writer;
@@ -11,8 +13,8 @@ mod writer;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use serde::Serialize;
+use std::os::unix::fs::FileExt;
 
 pub(crate) use writer::{rename_no_replace, sync_dir, write_synced_bytes};
 pub use writer::{temp_path_for, ArchiveWriter, WrittenArchive};
@@ -41,7 +43,7 @@ impl FileNames {
     pub const VAR_FEATURES: &'static str = "var_features";
 }
 
-/// A read-only, memory-mapped archive.
+/// A read-only archive.
 pub struct Archive {
     pub path: PathBuf,
     pub num_rows: u64,
@@ -51,9 +53,9 @@ pub struct Archive {
     pub row_ptr_dtype: Dtype,
     pub features: FeatureIndex,
     pub version: String,
-    data: Mmap,
-    cols: Mmap,
-    row_ptr: Mmap,
+    data: File,
+    cols: File,
+    row_ptr: File,
 }
 
 /// A summary for `scdl-fs info`.
@@ -84,11 +86,11 @@ pub struct BlockInfo {
     pub columns: Vec<String>,
 }
 
-fn map(path: &Path) -> Result<Mmap> {
+/// Opens an array file and returns it with its length in bytes.
+fn open_array(path: &Path) -> Result<(File, u64)> {
     let f = File::open(path).at(path)?;
-    // SAFETY: archives are immutable once published (written to a temporary directory and
-    // renamed into place); the store never writes to a published archive's files.
-    unsafe { Mmap::map(&f) }.at(path)
+    let len = f.metadata().at(path)?.len();
+    Ok((f, len))
 }
 
 /// Reads the three array dtypes: dtypes.json if present (0.0.5 and us), else header.sch
@@ -132,16 +134,15 @@ fn read_dtypes(path: &Path) -> Result<(Dtype, Dtype, Dtype)> {
     Ok((data, cols, rows))
 }
 
-#[inline]
-fn read_uint(bytes: &[u8], dtype: Dtype, i: usize) -> u64 {
+/// Decodes little-endian unsigned integers of `dtype` into `out`.
+fn decode_uints(bytes: &[u8], dtype: Dtype, out: &mut Vec<u64>) {
     let s = dtype.size();
-    let b = &bytes[i * s..(i + 1) * s];
-    match dtype {
+    out.extend(bytes.chunks_exact(s).map(|b| match dtype {
         Dtype::U8 => b[0] as u64,
         Dtype::U16 => u16::from_le_bytes([b[0], b[1]]) as u64,
         Dtype::U32 => u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64,
         _ => u64::from_le_bytes(b.try_into().expect("8 bytes")),
-    }
+    }));
 }
 
 impl Archive {
@@ -161,29 +162,28 @@ impl Archive {
             .and_then(|v| v.as_u64())
             .ok_or_else(|| bad("metadata.json has no num_rows".into()))?;
         let (data_dtype, col_dtype, row_ptr_dtype) = read_dtypes(path)?;
-        let data = map(&path.join(FileNames::DATA))?;
-        let cols = map(&path.join(FileNames::COL_PTR))?;
-        let row_ptr = map(&path.join(FileNames::ROW_PTR))?;
-        for (name, m, d) in [
-            (FileNames::DATA, &data, data_dtype),
-            (FileNames::COL_PTR, &cols, col_dtype),
-            (FileNames::ROW_PTR, &row_ptr, row_ptr_dtype),
+        let (data, data_len) = open_array(&path.join(FileNames::DATA))?;
+        let (cols, cols_len) = open_array(&path.join(FileNames::COL_PTR))?;
+        let (row_ptr, row_ptr_len) = open_array(&path.join(FileNames::ROW_PTR))?;
+        for (name, len, d) in [
+            (FileNames::DATA, data_len, data_dtype),
+            (FileNames::COL_PTR, cols_len, col_dtype),
+            (FileNames::ROW_PTR, row_ptr_len, row_ptr_dtype),
         ] {
-            if m.len() % d.size() != 0 {
+            if len % d.size() as u64 != 0 {
                 return Err(bad(format!(
-                    "{name}: {} bytes is not a whole number of {d} values",
-                    m.len()
+                    "{name}: {len} bytes is not a whole number of {d} values"
                 )));
             }
         }
-        let nnz = (data.len() / data_dtype.size()) as u64;
-        if (cols.len() / col_dtype.size()) as u64 != nnz {
+        let nnz = data_len / data_dtype.size() as u64;
+        if cols_len / col_dtype.size() as u64 != nnz {
             return Err(bad(format!(
                 "col_ptr.npy has {} entries but data.npy has {nnz}",
-                cols.len() / col_dtype.size()
+                cols_len / col_dtype.size() as u64
             )));
         }
-        let ptr_len = (row_ptr.len() / row_ptr_dtype.size()) as u64;
+        let ptr_len = row_ptr_len / row_ptr_dtype.size() as u64;
         // An empty archive may have an empty row_ptr (bionemo) or [0] (us).
         if !(ptr_len == num_rows + 1 || (num_rows == 0 && ptr_len == 0)) {
             return Err(bad(format!(
@@ -230,26 +230,33 @@ impl Archive {
         Ok(archive)
     }
 
+    /// Checks row_ptr in chunks: starts at 0, never decreases, ends at nnz.
     fn check_row_ptr(&self) -> Result<()> {
-        if self.num_rows == 0 && self.row_ptr.is_empty() {
+        if self.num_rows == 0 && self.row_ptr_entries() == 0 {
             return Ok(());
         }
-        let mut prev = self.row_ptr_at(0);
-        if prev != 0 {
-            return Err(Error::archive(
-                &self.path,
-                format!("row_ptr.npy starts at {prev}, not 0"),
-            ));
-        }
-        for i in 1..=self.num_rows {
-            let v = self.row_ptr_at(i);
-            if v < prev {
-                return Err(Error::archive(
-                    &self.path,
-                    format!("row_ptr.npy decreases at row {}", i - 1),
-                ));
+        const CHUNK: u64 = 1 << 20;
+        let mut prev = 0u64;
+        let mut i = 0u64;
+        while i <= self.num_rows {
+            let end = (i + CHUNK).min(self.num_rows + 1);
+            for (k, v) in self.row_ptrs(i, end)?.into_iter().enumerate() {
+                let at = i + k as u64;
+                if at == 0 && v != 0 {
+                    return Err(Error::archive(
+                        &self.path,
+                        format!("row_ptr.npy starts at {v}, not 0"),
+                    ));
+                }
+                if v < prev {
+                    return Err(Error::archive(
+                        &self.path,
+                        format!("row_ptr.npy decreases at row {}", at - 1),
+                    ));
+                }
+                prev = v;
             }
-            prev = v;
+            i = end;
         }
         if prev != self.nnz {
             return Err(Error::archive(
@@ -263,31 +270,60 @@ impl Archive {
         Ok(())
     }
 
-    #[inline]
-    pub fn row_ptr_at(&self, i: u64) -> u64 {
-        read_uint(&self.row_ptr, self.row_ptr_dtype, i as usize)
+    fn row_ptr_entries(&self) -> u64 {
+        self.row_ptr.metadata().map(|m| m.len()).unwrap_or(0) / self.row_ptr_dtype.size() as u64
+    }
+
+    /// Bytes [offset, offset + len) of one of the archive's files.
+    fn read_bytes(&self, file: &File, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(|e| {
+            Error::archive(
+                self.path.join(name),
+                format!("read of {len} bytes at {offset}: {e}"),
+            )
+        })?;
+        Ok(buf)
+    }
+
+    /// row_ptr entries [a, b).
+    pub fn row_ptrs(&self, a: u64, b: u64) -> Result<Vec<u64>> {
+        let s = self.row_ptr_dtype.size() as u64;
+        let bytes = self.read_bytes(
+            &self.row_ptr,
+            FileNames::ROW_PTR,
+            a * s,
+            ((b - a) * s) as usize,
+        )?;
+        let mut out = Vec::with_capacity((b - a) as usize);
+        decode_uints(&bytes, self.row_ptr_dtype, &mut out);
+        Ok(out)
     }
 
     /// The element range [start, end) of row `row`.
-    pub fn row_range(&self, row: u64) -> (u64, u64) {
-        (self.row_ptr_at(row), self.row_ptr_at(row + 1))
+    pub fn row_range(&self, row: u64) -> Result<(u64, u64)> {
+        let p = self.row_ptrs(row, row + 2)?;
+        Ok((p[0], p[1]))
     }
 
-    #[inline]
-    pub fn col_at(&self, element: u64) -> u64 {
-        read_uint(&self.cols, self.col_dtype, element as usize)
+    /// Column indices of elements [a, b).
+    pub fn cols(&self, a: u64, b: u64) -> Result<Vec<u64>> {
+        let s = self.col_dtype.size() as u64;
+        let bytes = self.read_bytes(
+            &self.cols,
+            FileNames::COL_PTR,
+            a * s,
+            ((b - a) * s) as usize,
+        )?;
+        let mut out = Vec::with_capacity((b - a) as usize);
+        decode_uints(&bytes, self.col_dtype, &mut out);
+        Ok(out)
     }
 
     /// The raw little-endian bytes of values [a, b).
-    pub fn data_bytes(&self, a: u64, b: u64) -> &[u8] {
-        let s = self.data_dtype.size();
-        &self.data[a as usize * s..b as usize * s]
-    }
-
-    /// The raw little-endian bytes of column indices [a, b).
-    pub fn col_bytes(&self, a: u64, b: u64) -> &[u8] {
-        let s = self.col_dtype.size();
-        &self.cols[a as usize * s..b as usize * s]
+    pub fn data_bytes(&self, a: u64, b: u64) -> Result<Vec<u8>> {
+        let s = self.data_dtype.size() as u64;
+        self.read_bytes(&self.data, FileNames::DATA, a * s, ((b - a) * s) as usize)
     }
 
     /// Total bytes of the archive's files (recursive).
