@@ -165,6 +165,26 @@ fn a_larger_dataset_and_an_archive_placed_in_the_store() {
         &[&fixtures().join("large_csr_f32.h5ad")],
         &["--samples", "300"],
     );
+    // Several readers at once (as DataLoader workers would), each checking its own sample.
+    let readers: Vec<_> = (0..4)
+        .map(|seed| {
+            Command::new(python())
+                .arg(repo().join("tests/mount/read_check.py"))
+                .arg(&m.mnt)
+                .arg("big")
+                .arg(fixtures().join("large_csr_f32.h5ad"))
+                .args(["--samples", "200", "--seed", &seed.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in readers {
+        let o = r.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "concurrent reader failed:\n{out}");
+    }
     // Found by a lookup miss (rescan), served like a converted one.
     assert_eq!(m.wait_done("ragged")["state"], "ready");
     m.read_check("ragged", &[&fixtures().join("dir")], &["--bionemo"]);
