@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! h5ad (read AnnData) -> convert (pipeline) -> archive (SCDL files) + features (gene index)
+//!     archives -> concat -> archive
 //!     -> store (archives and inputs on disk) -> namespace (the mounted tree, plain Rust)
 //!     -> fuse (kernel adapter) <- mount (daemon lifecycle)
 //! ```
@@ -15,6 +16,7 @@
 //! command-line edge over this library.
 
 pub mod archive;
+pub mod concat;
 pub mod convert;
 pub mod dtype;
 pub mod error;

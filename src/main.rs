@@ -68,6 +68,20 @@ enum Command {
         #[arg(long, default_value = "auto")]
         matrix: MatrixChoice,
     },
+    /// Concatenate archives (in order) into a new archive.
+    Concat {
+        /// The archive directory to create (must not exist).
+        output: PathBuf,
+        /// The archives to join, in row order.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Data type of the result (default: the inputs' common type).
+        #[arg(long)]
+        data_dtype: Option<scdl_fs::dtype::Dtype>,
+        /// Convert values the data type cannot hold exactly instead of failing.
+        #[arg(long)]
+        allow_lossy: bool,
+    },
     /// Describe an SCDL archive (ours or bionemo-scdl's).
     Info {
         archive: PathBuf,
@@ -171,6 +185,25 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
             };
             let bar = progress_bar();
             let written = convert::convert(&input, &output, &opts, &bar).map_err(failed)?;
+            bar.0.finish_and_clear();
+            eprintln!(
+                "{}: {} rows, {} values ({})",
+                written.path.display(),
+                written.rows,
+                written.nnz,
+                written.dtype
+            );
+            Ok(())
+        }
+        Command::Concat {
+            output,
+            inputs,
+            data_dtype,
+            allow_lossy,
+        } => {
+            let bar = progress_bar();
+            let written = scdl_fs::concat::concat(&inputs, &output, data_dtype, allow_lossy, &bar)
+                .map_err(failed)?;
             bar.0.finish_and_clear();
             eprintln!(
                 "{}: {} rows, {} values ({})",

@@ -370,6 +370,17 @@ struct ControlRecord {
 
 const CONTROL_HISTORY: usize = 100;
 
+/// Work for the conversion workers.
+enum Job {
+    Convert(Arc<Dataset>),
+    /// Concatenate ready datasets `sources` into `target` (created in state converting).
+    Concat {
+        target: Arc<Dataset>,
+        sources: Vec<DatasetName>,
+        command: String,
+    },
+}
+
 // ---------------------------------------------------------------------------------- namespace
 
 /// Options of the mount that affect the namespace.
@@ -388,7 +399,7 @@ pub struct Namespace {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     control_log: Mutex<VecDeque<String>>,
-    jobs: Mutex<VecDeque<Arc<Dataset>>>,
+    jobs: Mutex<VecDeque<Job>>,
     jobs_ready: Condvar,
     shutting_down: AtomicBool,
     last_rescan: Mutex<std::time::Instant>,
@@ -549,25 +560,64 @@ impl Namespace {
     }
 
     fn enqueue(&self, ds: Arc<Dataset>) {
-        self.jobs.lock().expect("jobs").push_back(ds);
+        self.push_job(Job::Convert(ds));
+    }
+
+    fn push_job(&self, job: Job) {
+        self.jobs.lock().expect("jobs").push_back(job);
         self.jobs_ready.notify_one();
     }
 
     fn worker(&self) {
         loop {
-            let ds = {
+            let job = {
                 let mut q = self.jobs.lock().expect("jobs");
                 loop {
                     if self.shutting_down.load(Ordering::SeqCst) {
                         return;
                     }
-                    if let Some(ds) = q.pop_front() {
-                        break ds;
+                    if let Some(job) = q.pop_front() {
+                        break job;
                     }
                     q = self.jobs_ready.wait(q).expect("jobs");
                 }
             };
-            self.convert_dataset(&ds);
+            match job {
+                Job::Convert(ds) => self.convert_dataset(&ds),
+                Job::Concat {
+                    target,
+                    sources,
+                    command,
+                } => self.concat_datasets(&target, &sources, &command),
+            }
+        }
+    }
+
+    fn concat_datasets(&self, target: &Arc<Dataset>, sources: &[DatasetName], command: &str) {
+        let inputs: Vec<PathBuf> = sources.iter().map(|n| self.store.archive_path(n)).collect();
+        let output = self.store.archive_path(&target.name);
+        let result = crate::concat::concat(&inputs, &output, None, false, target.as_ref())
+            .and_then(|_| self.store.open_archive(&target.name));
+        match result {
+            Ok(archive) => {
+                log::info!("{}: concatenated ({} rows)", target.name, archive.num_rows);
+                target.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+                self.record(command, &Ok(format!("{} ready", target.name)));
+            }
+            Err(e) => {
+                // Nothing was published (the writer removed its temporary directory): the target
+                // disappears and the reason goes to .control.
+                log::warn!("{}: concat failed: {e}", target.name);
+                self.registry
+                    .write()
+                    .expect("registry")
+                    .remove(&target.name);
+                self.forget_names_later(target.name.clone());
+                self.record(
+                    command,
+                    &Err(FsError::Invalid(format!("concat failed: {e}"))),
+                );
+            }
         }
     }
 
@@ -1446,12 +1496,61 @@ impl Namespace {
                 Ok(format!("deleted {name}"))
             }
             ["delete", ..] => invalid("usage: delete NAME".into()),
-            ["concat", ..] => invalid("concat: not supported by this version yet".into()),
+            ["concat", new, sources @ ..] => self.start_concat(new, sources, line),
+            ["concat"] => invalid("usage: concat NEW SRC...".into()),
             [cmd, ..] => invalid(format!(
                 "unknown command '{cmd}' (commands: delete NAME, concat NEW SRC...)"
             )),
             [] => invalid("empty command".into()),
         }
+    }
+}
+
+impl Namespace {
+    /// Validates `concat NEW SRC...` completely before anything is written, then registers NEW
+    /// (state converting, with progress) and queues the work.
+    fn start_concat(&self, new: &str, sources: &[&str], line: &str) -> FsResult<String> {
+        let invalid = |m: String| Err(FsError::Invalid(format!("concat: {m}")));
+        if sources.is_empty() {
+            return invalid("no sources (usage: concat NEW SRC...)".into());
+        }
+        let new = DatasetName::parse(new).map_err(|e| FsError::Invalid(format!("concat: {e}")))?;
+        let mut names = Vec::with_capacity(sources.len());
+        for s in sources {
+            let name =
+                DatasetName::parse(s).map_err(|e| FsError::Invalid(format!("concat: {e}")))?;
+            if name == new {
+                return invalid(format!("{name} is both the target and a source"));
+            }
+            if names.contains(&name) {
+                return invalid(format!("{name} is given twice"));
+            }
+            let Some(ds) = self.dataset_by_name(name.as_str()) else {
+                return invalid(format!("no dataset {name}"));
+            };
+            match ds.state() {
+                State::Ready(_) => {}
+                other => return invalid(format!("{name} is {}, not ready", other.name())),
+            }
+            names.push(name);
+        }
+        let target = {
+            let mut reg = self.registry.write().expect("registry");
+            if reg.by_name.contains_key(&new)
+                || self.store.archive_path(&new).exists()
+                || self.store.input_path(&new).exists()
+            {
+                return invalid(format!("{new} already exists"));
+            }
+            reg.insert(new.clone(), State::Converting)
+                .ok_or_else(|| FsError::Io("too many datasets".into()))?
+        };
+        self.push_job(Job::Concat {
+            target,
+            sources: names,
+            command: line.to_string(),
+        });
+        Ok(format!("concat {new}: started"))
     }
 }
 

@@ -257,6 +257,29 @@ fn bad_drops_fail_cleanly_and_the_mount_keeps_serving() {
 }
 
 #[test]
+fn concat_through_the_control_file() {
+    let m = Mounted::start(&[]);
+    m.drop_file("a.h5ad", &fixtures().join("csr_f32.h5ad"));
+    m.drop_file("b.h5ad", &fixtures().join("csc_f32.h5ad"));
+    assert_eq!(m.wait_done("a")["state"], "ready");
+    assert_eq!(m.wait_done("b")["state"], "ready");
+    std::fs::write(m.mnt.join(".control"), b"concat ab a b\n").unwrap();
+    assert_eq!(m.wait_done("ab")["state"], "ready");
+    m.read_check(
+        "ab",
+        &[
+            &fixtures().join("csr_f32.h5ad"),
+            &fixtures().join("csc_f32.h5ad"),
+        ],
+        &["--bionemo"],
+    );
+    let e = std::fs::write(m.mnt.join(".control"), b"concat ab a\n").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "the target exists");
+    let log = std::fs::read_to_string(m.mnt.join(".control")).unwrap();
+    assert!(log.contains("ab already exists"), "{log}");
+}
+
+#[test]
 fn sigterm_unmounts_and_a_stale_mount_is_cleared() {
     let m = Mounted::start(&[]);
     m.drop_file("a.h5ad", &fixtures().join("csr_f32.h5ad"));

@@ -326,6 +326,11 @@ impl Archive {
         self.read_bytes(&self.data, FileNames::DATA, a * s, ((b - a) * s) as usize)
     }
 
+    /// The value and column files, for bulk copies (concat).
+    pub(crate) fn element_files(&self) -> (&File, &File) {
+        (&self.data, &self.cols)
+    }
+
     /// Total bytes of the archive's files (recursive).
     pub fn disk_bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {

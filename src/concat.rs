@@ -1,0 +1,210 @@
+//! Concatenation: several archives into one new archive, rows in order, each input's feature
+//! blocks kept (consecutive identical blocks merged, as bionemo-scdl 0.1.3 does).
+//!
+//! Values and column indices are copied with large sequential copies (copy_file_range) when
+//! their types already match the result, else converted in bounded chunks with the same exact
+//! check as conversion; row_ptr is rebased in u64 (no 2^32 wrap). Inputs are only read; the
+//! result is written atomically, so a failure leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+
+use crate::archive::{Archive, ArchiveWriter, WrittenArchive, ARCHIVE_VERSION};
+use crate::convert::Progress;
+use crate::dtype::{convert_into, Dtype, Element};
+use crate::error::{Error, Result};
+use crate::features::FeatureIndex;
+use crate::with_element_type;
+
+/// Elements per chunk when values or columns must be converted.
+const CHUNK: u64 = 1 << 20;
+
+/// The result's data type: `wanted` if given; else the common type of the inputs (floats widen
+/// to the widest float, unsigned integers to the widest unsigned); mixing integers and floats
+/// needs `wanted`.
+pub fn result_dtype(inputs: &[(PathBuf, Dtype)], wanted: Option<Dtype>) -> Result<Dtype> {
+    if let Some(d) = wanted {
+        return Ok(d);
+    }
+    let widest = |pred: fn(Dtype) -> bool| {
+        inputs
+            .iter()
+            .map(|i| i.1)
+            .filter(|d| pred(*d))
+            .max_by_key(|d| d.size())
+    };
+    match (widest(Dtype::is_float), widest(|d| !d.is_float())) {
+        (Some(f), None) => Ok(f),
+        (None, Some(i)) => Ok(i),
+        (None, None) => Ok(Dtype::F32),
+        (Some(_), Some(_)) => {
+            let list = inputs
+                .iter()
+                .map(|(p, d)| format!("{} ({d})", p.display()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(Error::Usage(format!(
+                "inputs mix integer and float data: {list}; choose the result with --data-dtype"
+            )))
+        }
+    }
+}
+
+/// Adds `base` to row_ptr entries (checked: an overflow is an error, never a wrap).
+pub fn rebase(entries: &[u64], base: u64) -> Option<Vec<u64>> {
+    entries.iter().map(|&e| e.checked_add(base)).collect()
+}
+
+/// Concatenates `inputs` (archive directories, in order) into a new archive at `output`.
+pub fn concat(
+    inputs: &[PathBuf],
+    output: &Path,
+    data_dtype: Option<Dtype>,
+    allow_lossy: bool,
+    progress: &dyn Progress,
+) -> Result<WrittenArchive> {
+    if inputs.is_empty() {
+        return Err(Error::Usage("concat needs at least one input".into()));
+    }
+    for (i, a) in inputs.iter().enumerate() {
+        if inputs[..i].iter().any(|b| same_file(a, b)) {
+            return Err(Error::Usage(format!("{}: given twice", a.display())));
+        }
+        if same_file(a, output) {
+            return Err(Error::Usage(format!(
+                "{}: is both input and output",
+                a.display()
+            )));
+        }
+    }
+    let archives = inputs
+        .iter()
+        .map(|p| Archive::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    let kinds: Vec<(PathBuf, Dtype)> = archives
+        .iter()
+        .map(|a| (a.path.clone(), a.data_dtype))
+        .collect();
+    let target = result_dtype(&kinds, data_dtype)?;
+    progress.start(archives.iter().map(|a| a.num_rows).sum());
+    let mut writer = ArchiveWriter::create(output, target)?;
+    let mut features = FeatureIndex::new(ARCHIVE_VERSION);
+    for a in &archives {
+        append_archive(&mut writer, a, allow_lossy, progress)?;
+        for b in &a.features.blocks {
+            features.push(b.clone());
+        }
+    }
+    writer.finish(&features)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+fn append_archive(
+    writer: &mut ArchiveWriter,
+    a: &Archive,
+    allow_lossy: bool,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let base = writer.nnz();
+    if a.data_dtype == writer.dtype() && a.col_dtype == Dtype::U32 {
+        let (data, cols) = a.element_files();
+        writer.copy_elements(data, cols, a.nnz)?;
+    } else {
+        let target = writer.dtype();
+        with_element_type!(a.data_dtype, S => with_element_type!(target, T => {
+            append_converted::<S, T>(writer, a, allow_lossy)?
+        }));
+    }
+    let mut r = 0;
+    while r < a.num_rows {
+        let end = (r + CHUNK).min(a.num_rows);
+        let ends = a.row_ptrs(r + 1, end + 1)?;
+        let rebased = rebase(&ends, base)
+            .ok_or_else(|| Error::archive(&a.path, "row offsets overflow 64 bits"))?;
+        writer.end_rows(rebased)?;
+        progress.rows_done(end - r);
+        r = end;
+    }
+    Ok(())
+}
+
+/// Values converted from `S` to `T` (exactly unless `allow_lossy`), columns widened to u32.
+fn append_converted<S: Element, T: Element>(
+    writer: &mut ArchiveWriter,
+    a: &Archive,
+    allow_lossy: bool,
+) -> Result<()> {
+    let mut out: Vec<T> = Vec::new();
+    let mut e = 0;
+    while e < a.nnz {
+        let end = (e + CHUNK).min(a.nnz);
+        let raw = a.data_bytes(e, end)?;
+        let vals: Vec<S> = raw
+            .chunks_exact(std::mem::size_of::<S>())
+            .map(bytemuck::pod_read_unaligned)
+            .collect();
+        let cols: Vec<u32> = a.cols(e, end)?.into_iter().map(|c| c as u32).collect();
+        out.clear();
+        if let Err(i) = convert_into(&vals, &mut out, allow_lossy) {
+            let element = e + i as u64;
+            return Err(Error::Usage(format!(
+                "{}: value {} (element {element}, column {}) cannot be stored as {} without changing it; choose another --data-dtype",
+                a.path.display(),
+                vals[i],
+                cols[i],
+                T::DTYPE
+            )));
+        }
+        writer.append_elements(&cols, &out)?;
+        e = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebasing_past_two_to_the_32_does_not_wrap() {
+        let base = (1u64 << 32) + 5;
+        assert_eq!(
+            rebase(&[0, 3, 7], base).unwrap(),
+            vec![base, base + 3, base + 7]
+        );
+        assert!(rebase(&[u64::MAX], 1).is_none());
+    }
+
+    #[test]
+    fn result_types() {
+        let p = |d| (PathBuf::from("x"), d);
+        assert_eq!(
+            result_dtype(&[p(Dtype::F32), p(Dtype::F32)], None).unwrap(),
+            Dtype::F32
+        );
+        assert_eq!(
+            result_dtype(&[p(Dtype::F16), p(Dtype::F64), p(Dtype::F32)], None).unwrap(),
+            Dtype::F64
+        );
+        assert_eq!(
+            result_dtype(&[p(Dtype::U8), p(Dtype::U32)], None).unwrap(),
+            Dtype::U32
+        );
+        let err = result_dtype(&[p(Dtype::U8), p(Dtype::F32)], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mix integer and float") && err.contains("--data-dtype"),
+            "{err}"
+        );
+        assert_eq!(
+            result_dtype(&[p(Dtype::U8), p(Dtype::F32)], Some(Dtype::F32)).unwrap(),
+            Dtype::F32
+        );
+    }
+}
