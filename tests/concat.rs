@@ -254,3 +254,37 @@ fn control_concat_and_its_refusals() {
         Err(FsError::Invalid(_))
     ));
 }
+
+/// A disk that fills up midway (a tiny tmpfs; CI runs as root): the concat fails with the reason,
+/// leaves no output and no temporary files, and the inputs stay as they were.
+#[test]
+fn a_full_disk_midway_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    convert("large_csr_f32.h5ad", &d.join("a"), &[]);
+    convert("large_csr_f32.h5ad", &d.join("b"), &[]);
+    let small = d.join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let before = [tree_bytes(&d.join("a")), tree_bytes(&d.join("b"))];
+    let out = small.join("joined");
+    let o = scdl(&[
+        "concat",
+        out.to_str().unwrap(),
+        d.join("a").to_str().unwrap(),
+        d.join("b").to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    let left = listing(&small);
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    assert!(!o.status.success(), "concat into a full disk must fail");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!([tree_bytes(&d.join("a")), tree_bytes(&d.join("b"))], before);
+}
