@@ -156,7 +156,7 @@ impl Filesystem for ScdlFs {
         reply: ReplyAttr,
     ) {
         // Modes, owners and times are the store's: changing them is accepted (and ignored) only
-        // for an upload in progress, as copy tools set them on the file they create.
+        // on inputs, as copy tools set them on the file they wrote.
         let r = if mode.is_some() || uid.is_some() || gid.is_some() {
             self.ns.accept_metadata_change(ino.0)
         } else {

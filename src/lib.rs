@@ -10,6 +10,7 @@
 //!     -> fuse (kernel adapter) <- mount (daemon lifecycle)
 //! ```
 //!
+//! `isolate` runs conversions for the mount in a child process under resource limits;
 //! `render` computes the synthetic files (rows, ranges, npz, feature JSON) from an archive;
 //! `names` validates every user-given name; `dtype` (element types and exact conversion), `npy`
 //! (the .npy format) and `error` serve all of them. The binary (`main.rs`) is a thin
@@ -23,6 +24,7 @@ pub mod error;
 pub mod features;
 pub mod fuse;
 pub mod h5ad;
+pub mod isolate;
 pub mod mount;
 pub mod names;
 pub mod namespace;

@@ -82,6 +82,18 @@ enum Command {
         #[arg(long)]
         allow_lossy: bool,
     },
+    /// (internal) One conversion in a child process of the mount; progress on stdout.
+    #[command(hide = true)]
+    ConvertWorker {
+        input: PathBuf,
+        output: PathBuf,
+        #[arg(long, default_value = "auto")]
+        matrix: MatrixChoice,
+        #[arg(long, default_value = "float32")]
+        data_dtype: DataDtypeChoice,
+        #[arg(long)]
+        allow_lossy: bool,
+    },
     /// Describe an SCDL archive (ours or bionemo-scdl's).
     Info {
         archive: PathBuf,
@@ -213,6 +225,20 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
                 written.dtype
             );
             Ok(())
+        }
+        Command::ConvertWorker {
+            input,
+            output,
+            matrix,
+            data_dtype,
+            allow_lossy,
+        } => {
+            let opts = ConvertOptions {
+                matrix,
+                data_dtype,
+                allow_lossy,
+            };
+            scdl_fs::isolate::worker_main(&input, &output, &opts).map_err(failed)
         }
         Command::Info { archive, json } => {
             let a = Archive::open(&archive).map_err(failed)?;

@@ -111,6 +111,8 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
         NamespaceOptions {
             convert: opts.convert.clone(),
             workers: opts.workers,
+            converter: crate::isolate::own_executable(),
+            limits: crate::isolate::Limits::default(),
         },
     );
     let workers = ns.start_workers();
@@ -126,7 +128,8 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     } else {
         SessionACL::Owner
     };
-    cfg.n_threads = Some(opts.threads.max(1));
+    // At least two: a lookup may wait for a release that another thread must serve.
+    cfg.n_threads = Some(opts.threads.max(2));
     cfg.clone_fd = true;
     let mut session = fuser::Session::new(ScdlFs::new(ns.clone()), &opts.mountpoint, &cfg)
         .map_err(|e| MountError::Mount(e.to_string()))?;

@@ -239,6 +239,9 @@ struct Dataset {
     rows_done: AtomicU64,
     rows_total: AtomicU64,
     has_input: AtomicBool,
+    /// An upload whose writer has closed a descriptor (FUSE flush) but not yet released the
+    /// file: it is about to be published (see `Namespace::flush`).
+    upload_flushed: AtomicBool,
     since: SystemTime,
 }
 
@@ -315,6 +318,7 @@ impl Registry {
             rows_done: AtomicU64::new(0),
             rows_total: AtomicU64::new(0),
             has_input: AtomicBool::new(false),
+            upload_flushed: AtomicBool::new(false),
             since: SystemTime::now(),
         });
         self.by_name.insert(name, ds.clone());
@@ -389,6 +393,10 @@ pub struct NamespaceOptions {
     pub convert: ConvertOptions,
     /// Conversion worker threads.
     pub workers: usize,
+    /// Run each conversion in a child process of this binary (the mount always does); `None`
+    /// converts in-process (tests of the namespace alone).
+    pub converter: Option<PathBuf>,
+    pub limits: crate::isolate::Limits,
 }
 
 pub struct Namespace {
@@ -629,8 +637,19 @@ impl Namespace {
         let input = self.store.input_path(&ds.name);
         let output = self.store.archive_path(&ds.name);
         log::info!("{}: converting {}", ds.name, input.display());
-        let result = convert::convert_files(&[input], &output, &self.options.convert, ds.as_ref())
-            .and_then(|_| self.store.open_archive(&ds.name));
+        let converted = match &self.options.converter {
+            Some(exe) => crate::isolate::convert_in_child(
+                exe,
+                &input,
+                &output,
+                &self.options.convert,
+                &self.options.limits,
+                ds.as_ref(),
+            ),
+            None => convert::convert_files(&[input], &output, &self.options.convert, ds.as_ref())
+                .map(|_| ()),
+        };
+        let result = converted.and_then(|_| self.store.open_archive(&ds.name));
         match result {
             Ok(archive) => {
                 log::info!("{}: ready ({} rows)", ds.name, archive.num_rows);
@@ -728,6 +747,7 @@ impl Namespace {
                 };
             }
             let ds = self.dataset_by_name(name).ok_or(FsError::NotFound)?;
+            self.await_publication(&ds);
             if matches!(ds.state(), State::Uploading) {
                 return Err(FsError::NotFound);
             }
@@ -1296,7 +1316,8 @@ impl Namespace {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let mut handles = self.handles.lock().expect("handles");
         match handles.get_mut(&fh) {
-            Some(Handle::Upload { file, .. }) => {
+            Some(Handle::Upload { file, dataset }) => {
+                dataset.upload_flushed.store(false, Ordering::SeqCst);
                 file.write_all_at(data, offset).map_err(io_err)?;
                 Ok(data.len() as u32)
             }
@@ -1340,28 +1361,36 @@ impl Namespace {
         self.getattr(ino_)
     }
 
-    /// close(2) of a handle (FUSE flush, synchronous with close, unlike release): a finished
-    /// upload is published here, so that when `cp` returns the dataset already exists.
+    /// close(2) of a descriptor (FUSE flush, synchronous with close). An upload is published
+    /// only at release, when its last descriptor is gone: a flush also comes from a forked child
+    /// closing an inherited copy while the writer goes on. A flush only marks the upload as
+    /// closing, so that a lookup of NAME/ waits for the imminent release (when `cp` returns,
+    /// NAME/ exists); a later write clears the mark.
     pub fn flush(&self, fh: u64) -> FsResult<()> {
-        let mut handles = self.handles.lock().expect("handles");
-        if !matches!(handles.get(&fh), Some(Handle::Upload { .. })) {
-            return Ok(());
+        if let Some(Handle::Upload { dataset, .. }) = self.handles.lock().expect("handles").get(&fh)
+        {
+            dataset.upload_flushed.store(true, Ordering::SeqCst);
         }
-        let Some(Handle::Upload { dataset, file }) = handles.insert(fh, Handle::Computed) else {
-            unreachable!("checked above")
-        };
-        drop(handles);
-        self.finish_upload(dataset, file)
+        Ok(())
     }
 
-    /// Mode or owner changes: allowed (as no-ops) on an upload in progress, refused elsewhere.
+    /// Waits (briefly) for a flushed upload of `ds` to be released and published.
+    fn await_publication(&self, ds: &Dataset) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while matches!(ds.state(), State::Uploading)
+            && ds.upload_flushed.load(Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Mode or owner changes: accepted (as no-ops) on inputs, refused elsewhere.
     pub fn accept_metadata_change(&self, ino_: u64) -> FsResult<Attr> {
         match split(ino_) {
-            Some((Kind::Input, id, _))
-                if matches!(self.dataset_by_id(id)?.state(), State::Uploading) =>
-            {
-                self.getattr(ino_)
-            }
+            // Copy tools (shutil.copy, cp -p) set modes and times on the file they wrote, also
+            // after closing it: accepted on inputs, and ignored (modes are the store's).
+            Some((Kind::Input, _, _)) => self.getattr(ino_),
             _ => Err(FsError::Access),
         }
     }

@@ -45,6 +45,10 @@ fn daemons(mnt: &Path) -> Vec<i32> {
 
 impl Mounted {
     fn start(extra: &[&str]) -> Mounted {
+        Self::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Mounted {
         let dirs = tempfile::tempdir().unwrap();
         let mnt = dirs.path().join("mnt");
         let store = dirs.path().join("store");
@@ -56,7 +60,11 @@ impl Mounted {
             store.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let o = scdl(&args);
+        let o = Command::new(bin())
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         assert!(o.status.success(), "mount failed: {}", stderr(&o));
         // The command returns only once the mount is live.
         assert!(is_mounted(&mnt), "mount returned before the mount was live");
@@ -254,6 +262,34 @@ fn bad_drops_fail_cleanly_and_the_mount_keeps_serving() {
         .collect();
     names.sort();
     assert_eq!(names, [".scdl-fs"]);
+}
+
+#[test]
+fn a_crashing_converter_fails_its_dataset_and_nothing_else() {
+    // The test-only fault switch makes the converter abort on inputs named *crashme*.
+    let m = Mounted::start_with_env(&[], &[("SCDL_FS_CONVERTER_FAULT", "abort:crashme")]);
+    m.drop_file("crashme.h5ad", &fixtures().join("csr_f32.h5ad"));
+    m.drop_file("fine.h5ad", &fixtures().join("csr_f32.h5ad"));
+    let st = m.wait_done("crashme");
+    assert_eq!(st["state"], "failed");
+    let err = st["error"].as_str().unwrap();
+    assert!(
+        err.contains("converter crashed: signal 6 (SIGABRT)") && err.contains("crashme.h5ad"),
+        "{err}"
+    );
+    assert_eq!(m.wait_done("fine")["state"], "ready");
+    m.read_check("fine", &[&fixtures().join("csr_f32.h5ad")], &[]);
+    // The input stays, and the crashed child's temporary directory is gone.
+    assert_eq!(
+        std::fs::read(m.mnt.join("crashme.h5ad")).unwrap(),
+        std::fs::read(fixtures().join("csr_f32.h5ad")).unwrap()
+    );
+    let names: Vec<String> = std::fs::read_dir(&m.store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("scdl-tmp")), "{names:?}");
+    assert_eq!(daemons(&m.mnt).len(), 1, "the daemon is still there");
 }
 
 #[test]

@@ -60,6 +60,9 @@ fn namespace_with(setup: impl FnOnce(&Path)) -> Fixture {
         NamespaceOptions {
             convert: ConvertOptions::default(),
             workers: 1,
+            // Conversions in child processes of the real binary, as the mount runs them.
+            converter: Some(common::bin()),
+            limits: Default::default(),
         },
     );
     ns.start_workers();
@@ -458,4 +461,27 @@ fn a_corrupt_archive_is_failed_and_does_not_stop_the_others() {
         "{st}"
     );
     assert_eq!(status(ns, "ok")["state"], "ready");
+}
+
+#[test]
+fn a_flush_from_a_forked_copy_does_not_publish_a_half_written_drop() {
+    // close(2) of an inherited descriptor in a forked child sends FLUSH while the writer goes on:
+    // the upload must only be published at release, complete.
+    let fx = namespace_with(|_| {});
+    let ns = &fx.ns;
+    let src = fixtures().join("csr_f32.h5ad");
+    let bytes = std::fs::read(&src).unwrap();
+    let (_, o) = ns.create(ROOT_INO, "half.h5ad").unwrap();
+    let mid = bytes.len() / 2;
+    ns.write(o.fh, 0, &bytes[..mid]).unwrap();
+    ns.flush(o.fh).unwrap();
+    ns.write(o.fh, mid as u64, &bytes[mid..]).unwrap();
+    ns.flush(o.fh).unwrap();
+    ns.release(o.fh).unwrap();
+    assert!(ns.wait_idle(Duration::from_secs(30)));
+    assert_eq!(status(ns, "half")["state"], "ready");
+    assert_eq!(
+        std::fs::read(fx.store_path.join("half.h5ad")).unwrap(),
+        bytes
+    );
 }
