@@ -156,6 +156,17 @@ fn mount(
     })
 }
 
+/// One line on stderr describing a new archive.
+fn report(written: &scdl_fs::archive::WrittenArchive) {
+    eprintln!(
+        "{}: {} rows, {} values ({})",
+        written.path.display(),
+        written.rows,
+        written.nnz,
+        written.dtype
+    );
+}
+
 fn run(cli: Cli) -> Result<(), (u8, String)> {
     let failed = |e: scdl_fs::Error| (EXIT_FAILED, e.to_string());
     match cli.command {
@@ -198,13 +209,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
             let bar = progress_bar();
             let written = convert::convert(&input, &output, &opts, &bar).map_err(failed)?;
             bar.0.finish_and_clear();
-            eprintln!(
-                "{}: {} rows, {} values ({})",
-                written.path.display(),
-                written.rows,
-                written.nnz,
-                written.dtype
-            );
+            report(&written);
             Ok(())
         }
         Command::Concat {
@@ -217,13 +222,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
             let written = scdl_fs::concat::concat(&inputs, &output, data_dtype, allow_lossy, &bar)
                 .map_err(failed)?;
             bar.0.finish_and_clear();
-            eprintln!(
-                "{}: {} rows, {} values ({})",
-                written.path.display(),
-                written.rows,
-                written.nnz,
-                written.dtype
-            );
+            report(&written);
             Ok(())
         }
         Command::ConvertWorker {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use scdl_fs::namespace::{Namespace, NamespaceOptions, ROOT_INO};
 use scdl_fs::store::Store;
 
-use common::{fixtures, python, repo, scdl, stderr};
+use common::{dense_rows, fixtures, python, repo, scdl, stderr};
 
 /// Writes an archive with bionemo-scdl `version` from `h5ad` into `out`.
 fn bionemo_convert(version: &str, h5ad: &Path, out: &Path) {
@@ -46,24 +46,6 @@ fn bionemo_convert(version: &str, h5ad: &Path, out: &Path) {
         "bionemo {version}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn dense_rows(h5ad: &Path) -> Vec<Vec<f32>> {
-    let f = hdf5::File::open(h5ad).unwrap();
-    let x = f.group("X").unwrap();
-    let shape: Vec<i64> = x.attr("shape").unwrap().read_raw().unwrap();
-    let data: Vec<f32> = x.dataset("data").unwrap().read_raw().unwrap();
-    let indices: Vec<i64> = x.dataset("indices").unwrap().read_raw().unwrap();
-    let indptr: Vec<i64> = x.dataset("indptr").unwrap().read_raw().unwrap();
-    (0..shape[0] as usize)
-        .map(|r| {
-            let mut row = vec![0f32; shape[1] as usize];
-            for e in indptr[r] as usize..indptr[r + 1] as usize {
-                row[indices[e] as usize] += data[e];
-            }
-            row
-        })
-        .collect()
 }
 
 fn check(version: &str) {

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, scdl, stderr, verify};
+use common::{convert_fails, fixtures, scdl, stderr, verify};
 
 /// Converts `input` with `args` into a fresh directory; returns (tempdir, archive path).
 fn convert(input: &Path, args: &[&str]) -> (tempfile::TempDir, PathBuf) {
@@ -95,51 +95,26 @@ fixture_tests! {
 
 #[test]
 fn fractional_float64_is_refused_as_float32() {
-    let input = fixtures().join("dense_f64_frac.h5ad");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("archive");
-    let o = scdl(&["convert", input.to_str().unwrap(), out.to_str().unwrap()]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
+    let err = convert_fails(&fixtures().join("dense_f64_frac.h5ad"), &[]);
     assert!(
         err.contains("/X: value") && err.contains("float32"),
         "{err}"
     );
-    assert!(!out.exists());
 }
 
 #[test]
 fn negative_values_cannot_be_kept_unsigned() {
     // keep on int8 means uint8 (SCDL has no signed types): -128 must be refused by name.
-    let input = fixtures().join("csr_i8.h5ad");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("archive");
-    let o = scdl(&[
-        "convert",
-        input.to_str().unwrap(),
-        out.to_str().unwrap(),
-        "--data-dtype",
-        "keep",
-    ]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
+    let err = convert_fails(&fixtures().join("csr_i8.h5ad"), &["--data-dtype", "keep"]);
     assert!(err.contains("uint8") && err.contains("value -"), "{err}");
 }
 
 #[test]
 fn missing_layer_lists_what_exists() {
-    let input = fixtures().join("layers_counts.h5ad");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("archive");
-    let o = scdl(&[
-        "convert",
-        input.to_str().unwrap(),
-        out.to_str().unwrap(),
-        "--matrix",
-        "layers/nope",
-    ]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
+    let err = convert_fails(
+        &fixtures().join("layers_counts.h5ad"),
+        &["--matrix", "layers/nope"],
+    );
     assert!(
         err.contains("/layers/nope") && err.contains("counts"),
         "{err}"

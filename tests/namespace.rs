@@ -12,26 +12,7 @@ use scdl_fs::convert::{self, ConvertOptions, Quiet};
 use scdl_fs::namespace::{FsError, Namespace, NamespaceOptions, NodeType, ROOT_INO};
 use scdl_fs::store::Store;
 
-use common::fixtures;
-
-/// Dense rows of X (a CSR float32 fixture), read with the hdf5 crate.
-fn dense_rows(h5ad: &Path) -> Vec<Vec<f32>> {
-    let f = hdf5::File::open(h5ad).unwrap();
-    let x = f.group("X").unwrap();
-    let shape: Vec<i64> = x.attr("shape").unwrap().read_raw().unwrap();
-    let data: Vec<f32> = x.dataset("data").unwrap().read_raw().unwrap();
-    let indices: Vec<i64> = x.dataset("indices").unwrap().read_raw().unwrap();
-    let indptr: Vec<i64> = x.dataset("indptr").unwrap().read_raw().unwrap();
-    (0..shape[0] as usize)
-        .map(|r| {
-            let mut row = vec![0f32; shape[1] as usize];
-            for e in indptr[r] as usize..indptr[r + 1] as usize {
-                row[indices[e] as usize] += data[e];
-            }
-            row
-        })
-        .collect()
-}
+use common::{dense_rows, fixtures};
 
 /// Parses a float32 .npy: (shape, values).
 fn parse_npy(bytes: &[u8]) -> (Vec<u64>, Vec<f32>) {

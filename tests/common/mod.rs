@@ -59,3 +59,36 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Dense rows of a CSR float32 `X` read field by field with the hdf5 crate: an oracle that
+/// shares no code with scdl-fs's reader, archive or rendering.
+pub fn dense_rows(h5ad: &Path) -> Vec<Vec<f32>> {
+    let f = hdf5::File::open(h5ad).unwrap();
+    let x = f.group("X").unwrap();
+    let shape: Vec<i64> = x.attr("shape").unwrap().read_raw().unwrap();
+    let data: Vec<f32> = x.dataset("data").unwrap().read_raw().unwrap();
+    let indices: Vec<i64> = x.dataset("indices").unwrap().read_raw().unwrap();
+    let indptr: Vec<i64> = x.dataset("indptr").unwrap().read_raw().unwrap();
+    (0..shape[0] as usize)
+        .map(|r| {
+            let mut row = vec![0f32; shape[1] as usize];
+            for e in indptr[r] as usize..indptr[r + 1] as usize {
+                row[indices[e] as usize] += data[e];
+            }
+            row
+        })
+        .collect()
+}
+
+/// Runs `scdl-fs convert INPUT <tmp>/archive ARGS...`, expecting a failure that leaves no
+/// output; returns stderr.
+pub fn convert_fails(input: &Path, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("archive");
+    let mut all = vec!["convert", input.to_str().unwrap(), out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = scdl(&all);
+    assert!(!o.status.success(), "convert {args:?} should fail");
+    assert!(!out.exists(), "no output after a failure");
+    stderr(&o)
+}
