@@ -24,6 +24,7 @@ pub mod error;
 pub mod features;
 pub mod fuse;
 pub mod h5ad;
+pub mod helper;
 pub mod isolate;
 pub mod mount;
 pub mod names;

@@ -128,6 +128,7 @@ fn progress_bar() -> Bar {
 }
 
 fn mount(
+    cli_args: &[std::ffi::OsString],
     mountpoint: PathBuf,
     store: Option<PathBuf>,
     foreground: bool,
@@ -135,7 +136,7 @@ fn mount(
 ) -> Result<(), (u8, String)> {
     if !foreground {
         // Same arguments, with the store made explicit, in a background daemon.
-        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let mut args: Vec<std::ffi::OsString> = cli_args.to_vec();
         let store = store.unwrap_or_else(|| {
             let default = scdl_fs::store::default_store();
             args.push("--store".into());
@@ -167,7 +168,9 @@ fn report(written: &scdl_fs::archive::WrittenArchive) {
     );
 }
 
-fn run(cli: Cli) -> Result<(), (u8, String)> {
+/// Runs the parsed command; `cli_args` are the arguments it was parsed from (without argv[0]),
+/// which a background mount passes on to its daemon.
+fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
     let failed = |e: scdl_fs::Error| (EXIT_FAILED, e.to_string());
     match cli.command {
         Command::Mount {
@@ -192,7 +195,7 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
                     allow_lossy: false,
                 },
             };
-            mount(mountpoint, store, foreground, options)
+            mount(cli_args, mountpoint, store, foreground, options)
         }
         Command::Convert {
             input,
@@ -277,8 +280,25 @@ fn run(cli: Cli) -> Result<(), (u8, String)> {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error"))
         .init();
-    let cli = Cli::parse();
-    match run(cli) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if scdl_fs::helper::is_helper_invocation(&argv) {
+        // mount(8) / fstab: translate and mount in the background like `scdl-fs mount`.
+        let args = match scdl_fs::helper::mount_args(&argv[1..]) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("scdl-fs: {e}");
+                return ExitCode::from(scdl_fs::helper::EXIT_BAD_OPTION);
+            }
+        };
+        let mut full = vec![std::ffi::OsString::from("scdl-fs")];
+        full.extend(args.iter().cloned());
+        return finish(run(Cli::parse_from(full), &args));
+    }
+    finish(run(Cli::parse(), &argv[1..]))
+}
+
+fn finish(result: Result<(), (u8, String)>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
             eprintln!("scdl-fs: {message}");

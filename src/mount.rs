@@ -161,6 +161,7 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     );
     notify_ready();
     let served = session.run().map_err(|e| MountError::Mount(e.to_string()));
+    sd_notify("STOPPING=1");
     ns.shutdown();
     drop(workers); // conversions in flight are abandoned; the next start cleans their temp files
     served
@@ -171,6 +172,26 @@ fn notify_ready() {
         let mut out = std::io::stdout();
         let _ = writeln!(out, "ready");
         let _ = out.flush();
+    }
+    sd_notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+}
+
+/// The sd_notify protocol: one datagram to $NOTIFY_SOCKET (a path, or '@' for the abstract
+/// namespace), so `Type=notify` units know when the mount is live.
+fn sd_notify(message: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &a));
+    if let Err(e) = sent {
+        log::warn!("sd_notify to {path}: {e}");
     }
 }
 

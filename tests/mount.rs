@@ -409,3 +409,85 @@ fn mount_errors_have_their_own_exit_codes() {
     assert!(stderr(&o).contains("store"));
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn the_mount_helper_takes_fstab_options() {
+    // mount(8) runs /sbin/mount.fuse.scdl-fs STORE MNT -o OPTS: the binary under that name.
+    let dirs = tempfile::tempdir().unwrap();
+    let helper = dirs.path().join("mount.fuse.scdl-fs");
+    std::os::unix::fs::symlink(bin(), &helper).unwrap();
+    let (store, mnt) = (dirs.path().join("store"), dirs.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let o = Command::new(&helper)
+        .arg(&store)
+        .arg(&mnt)
+        .args([
+            "-o",
+            "rw,allow_other,_netdev,nofail,x-systemd.automount,threads=3",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        is_mounted(&mnt),
+        "the helper returns once the mount is live"
+    );
+    let line = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ours = line
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .unwrap()
+        .to_string();
+    assert!(ours.contains("allow_other"), "{ours}");
+    Command::new("umount").arg(&mnt).status().unwrap();
+    // An option it does not know: a distinct exit code, the option named, nothing mounted.
+    let o = Command::new(&helper)
+        .arg(&store)
+        .arg(&mnt)
+        .args(["-o", "allow_other,frobnicate=1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("frobnicate=1"));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn foreground_daemon_notifies_systemd_when_live() {
+    use std::os::unix::net::UnixDatagram;
+    let dirs = tempfile::tempdir().unwrap();
+    let sock_path = dirs.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (store, mnt) = (dirs.path().join("store"), dirs.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let mut daemon = Command::new(bin())
+        .args([
+            "mount",
+            mnt.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--foreground",
+        ])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        msg.contains("READY=1") && msg.contains(&format!("MAINPID={}", daemon.id())),
+        "{msg}"
+    );
+    assert!(is_mounted(&mnt), "ready means mounted");
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(daemon.wait().unwrap().success(), "SIGTERM is a clean stop");
+    assert!(!is_mounted(&mnt));
+}
