@@ -162,6 +162,9 @@ const SHORT_TTL: Duration = Duration::from_secs(1);
 const LONG_TTL: Duration = Duration::from_secs(3600);
 /// A lookup miss rescans the store at most this often (other daemons publish into it).
 const RESCAN_AFTER_MISS: Duration = Duration::from_millis(250);
+/// The store is also rescanned this often, so datasets published or deleted by other daemons
+/// over a shared store appear and disappear without a lookup (no inotify: it misses NFS).
+const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------------- datasets
 
@@ -485,16 +488,27 @@ impl Namespace {
         }
     }
 
-    /// Starts the conversion workers (they stop at `shutdown`).
+    /// Starts the conversion workers and the periodic store rescan (they stop at `shutdown`).
     pub fn start_workers(self: &Arc<Self>) -> Vec<std::thread::JoinHandle<()>> {
-        (0..self.options.workers.max(1))
+        let ns = self.clone();
+        let rescanner = std::thread::Builder::new()
+            .name("rescan".into())
+            .spawn(move || {
+                while !ns.shutting_down.load(Ordering::SeqCst) {
+                    std::thread::sleep(RESCAN_INTERVAL);
+                    ns.rescan();
+                }
+            })
+            .expect("spawn rescan");
+        std::iter::once(rescanner)
+            .chain((0..self.options.workers.max(1))
             .map(|i| {
                 let ns = self.clone();
                 std::thread::Builder::new()
                     .name(format!("convert-{i}"))
                     .spawn(move || ns.worker())
                     .expect("spawn worker")
-            })
+            }))
             .collect()
     }
 
@@ -1012,6 +1026,10 @@ impl Namespace {
         push(&mut out, 1, ROOT_INO, NodeType::Dir, "..".into());
         let base = 2u64;
         if dir == ROOT_INO {
+            if offset == 0 {
+                // A fresh listing sees what other daemons (or people) put in the store.
+                self.rescan_if_stale();
+            }
             let mut names: Vec<Arc<Dataset>> = self
                 .registry
                 .read()
