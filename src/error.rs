@@ -40,6 +40,11 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Archive { path: PathBuf, message: String },
 
+    /// Work stopped from outside (the converter was terminated, the daemon is stopping): not a
+    /// verdict on the input, so it is not remembered as a failure and is retried at next start.
+    #[error("{0}")]
+    Interrupted(String),
+
     /// A request that cannot be carried out as asked (bad option, existing output, ...).
     #[error("{0}")]
     Usage(String),

@@ -65,6 +65,9 @@ fn signal_name(sig: i32) -> String {
         libc::SIGXCPU => "SIGXCPU (CPU time limit)",
         libc::SIGFPE => "SIGFPE",
         libc::SIGILL => "SIGILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
         _ => "",
     };
     if name.is_empty() {
@@ -98,10 +101,14 @@ pub fn convert_in_child(
         cmd.arg("--allow-lossy");
     }
     let l = limits.clone();
-    // SAFETY: the closure runs between fork and exec and only calls setrlimit, which is
-    // async-signal-safe; it allocates nothing and touches no locks.
+    // SAFETY: the closure runs between fork and exec and only calls prctl and setrlimit, which
+    // are async-signal-safe; it allocates nothing and touches no locks.
     unsafe {
         cmd.pre_exec(move || {
+            // Die with the daemon: a converter must not outlive the process that owns its job.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             for (res, v) in [
                 (libc::RLIMIT_AS, l.address_space),
                 (libc::RLIMIT_CPU, l.cpu_seconds),
@@ -153,6 +160,13 @@ pub fn convert_in_child(
     }
     // A crashed child cannot clean up: remove its temporary directory here.
     remove_child_temporaries(output, pid);
+    if let Some(sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGHUP)) = status.signal() {
+        return Err(Error::Interrupted(format!(
+            "converter interrupted by {} while converting {}; it runs again at the next start",
+            signal_name(sig),
+            input.display()
+        )));
+    }
     if let Some(sig) = status.signal() {
         return Err(Error::Usage(format!(
             "converter crashed: {} while converting {}",

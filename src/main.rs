@@ -152,7 +152,7 @@ fn mount(
         ..options
     };
     mount::run_foreground(&opts).map_err(|e| {
-        mount::report_startup_error(&format!("scdl-fs: {e}"));
+        mount::report_startup_error(&e.to_string());
         (e.exit_code(), e.to_string())
     })
 }

@@ -118,7 +118,9 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     let workers = ns.start_workers();
     let mut cfg = Config::default();
     cfg.mount_options = vec![
-        MountOption::FSName(format!("scdl-fs:{}", opts.store.display())),
+        // The store as the mount's source, exactly as given: mount(8) then recognises an fstab
+        // line as mounted (`mount -a` twice is a no-op).
+        MountOption::FSName(opts.store.display().to_string()),
         MountOption::Subtype("scdl-fs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
@@ -139,12 +141,14 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     }));
     let mut unmounter = session.unmount_callable();
     let mnt = opts.mountpoint.clone();
+    let stopping = ns.clone();
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
             .map_err(|e| MountError::Mount(format!("signal handlers: {e}")))?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             log::info!("signal {sig}: unmounting {}", mnt.display());
+            stopping.shutdown();
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount: {e}; detaching lazily");
                 if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {

@@ -501,8 +501,7 @@ impl Namespace {
             })
             .expect("spawn rescan");
         std::iter::once(rescanner)
-            .chain((0..self.options.workers.max(1))
-            .map(|i| {
+            .chain((0..self.options.workers.max(1)).map(|i| {
                 let ns = self.clone();
                 std::thread::Builder::new()
                     .name(format!("convert-{i}"))
@@ -669,6 +668,14 @@ impl Namespace {
                 log::info!("{}: ready ({} rows)", ds.name, archive.num_rows);
                 self.store.clear_failure(&ds.name);
                 ds.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+            }
+            Err(e)
+                if matches!(e, crate::Error::Interrupted(_))
+                    || self.shutting_down.load(Ordering::SeqCst) =>
+            {
+                // Not the input's fault: shown, not remembered; the next start converts again.
+                log::warn!("{}: conversion interrupted: {e}", ds.name);
+                ds.set_state(State::Failed(e.to_string()));
             }
             Err(e) => {
                 let msg = e.to_string();
