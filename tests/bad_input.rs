@@ -26,6 +26,7 @@ fn str_attr(loc: &hdf5::Location, name: &str, value: &str) {
 
 /// A CSR matrix written field by field, so each test can break one thing.
 struct Csr {
+    encoding: &'static str,
     shape: Vec<i64>,
     data: Vec<f32>,
     indices: Vec<i64>,
@@ -36,6 +37,7 @@ impl Csr {
     fn good() -> Csr {
         // 3 x 4: row 0 = {0: 1, 2: 2}, row 1 empty, row 2 = {3: 3}
         Csr {
+            encoding: "csr_matrix",
             shape: vec![3, 4],
             data: vec![1.0, 2.0, 3.0],
             indices: vec![0, 2, 3],
@@ -46,7 +48,7 @@ impl Csr {
     fn write(&self, path: &Path) {
         let f = hdf5::File::create(path).unwrap();
         let x = f.create_group("X").unwrap();
-        str_attr(&x, "encoding-type", "csr_matrix");
+        str_attr(&x, "encoding-type", self.encoding);
         str_attr(&x, "encoding-version", "0.1.0");
         x.new_attr::<i64>()
             .shape(self.shape.len())
@@ -321,4 +323,250 @@ fn existing_output_is_refused_and_kept() {
     assert!(!o.status.success());
     assert_mentions(&stderr(&o), &["already exists"]);
     assert_eq!(std::fs::read(out.join("keep.txt")).unwrap(), b"mine");
+}
+
+/// A pseudo-random byte string (xorshift; deterministic).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[test]
+fn random_bytes() {
+    let err = Case::new(|p| std::fs::write(p, noise(4096, 7)).unwrap()).fails();
+    assert_mentions(&err, &["in.h5ad", "not an HDF5 file"]);
+}
+
+#[test]
+fn hdf5_signature_then_garbage() {
+    let err = Case::new(|p| {
+        let mut b = b"\x89HDF\r\n\x1a\n".to_vec();
+        b.extend(noise(4096, 11));
+        std::fs::write(p, b).unwrap()
+    })
+    .fails();
+    assert_mentions(&err, &["in.h5ad", "cannot open as HDF5"]);
+}
+
+#[test]
+fn csc_indptr_decreasing() {
+    // As CSC (4 columns): indptr needs 5 entries.
+    let err = csr_case(|m| {
+        m.encoding = "csc_matrix";
+        m.indptr = vec![0, 2, 1, 3, 3];
+        m.indices = vec![0, 2, 1];
+    })
+    .fails();
+    assert_mentions(&err, &["/X/indptr", "decreases at column 1"]);
+}
+
+#[test]
+fn csc_row_index_out_of_range() {
+    let err = csr_case(|m| {
+        m.encoding = "csc_matrix";
+        m.indptr = vec![0, 1, 2, 3, 3];
+        m.indices = vec![0, 9, 1];
+    })
+    .fails();
+    assert_mentions(&err, &["/X/indices", "index 9 out of range 0..3"]);
+}
+
+#[test]
+fn unknown_sparse_encoding() {
+    let err = csr_case(|m| m.encoding = "coo_matrix").fails();
+    assert_mentions(&err, &["/X", "unsupported matrix encoding 'coo_matrix'"]);
+}
+
+#[test]
+fn huge_attribute_value_is_cut_in_the_message() {
+    let huge: &'static str = Box::leak("x".repeat(1 << 20).into_boxed_str());
+    let err = csr_case(|m| m.encoding = huge).fails();
+    assert_mentions(&err, &["/X", "unsupported matrix encoding"]);
+    assert!(
+        err.len() < 400,
+        "the message stays short ({} bytes)",
+        err.len()
+    );
+}
+
+#[test]
+fn negative_shape() {
+    let err = csr_case(|m| m.shape = vec![-1, 4]).fails();
+    assert_mentions(&err, &["/X", "invalid shape [-1, 4]"]);
+}
+
+#[test]
+fn compound_x() {
+    let err = Case::new(|p| {
+        #[derive(hdf5::H5Type, Clone, Copy)]
+        #[repr(C)]
+        struct Pair {
+            a: f32,
+            b: i32,
+        }
+        let f = hdf5::File::create(p).unwrap();
+        let x = f.new_dataset::<Pair>().shape((2, 2)).create("X").unwrap();
+        x.write_raw(&[Pair { a: 1.0, b: 2 }; 4]).unwrap();
+    })
+    .fails();
+    assert_mentions(&err, &["/X", "must be numeric"]);
+}
+
+#[test]
+fn one_dimensional_dense_x() {
+    let err = Case::new(|p| {
+        let f = hdf5::File::create(p).unwrap();
+        f.new_dataset_builder()
+            .with_data(&[1.0f32, 2.0, 3.0])
+            .create("X")
+            .unwrap();
+    })
+    .fails();
+    assert_mentions(&err, &["/X", "must be 2-D"]);
+}
+
+#[test]
+fn float_indices() {
+    let err = Case::new(|p| {
+        Csr::good().write(p);
+        let f = hdf5::File::open_rw(p).unwrap();
+        let x = f.group("X").unwrap();
+        x.unlink("indices").unwrap();
+        x.new_dataset_builder()
+            .with_data(&[0.0f64, 2.0, 3.0])
+            .create("indices")
+            .unwrap();
+    })
+    .fails();
+    assert_mentions(&err, &["/X/indices", "expected integers"]);
+}
+
+#[test]
+fn two_dimensional_data() {
+    let err = Case::new(|p| {
+        Csr::good().write(p);
+        let f = hdf5::File::open_rw(p).unwrap();
+        let x = f.group("X").unwrap();
+        x.unlink("data").unwrap();
+        let d = x.new_dataset::<f32>().shape((3, 1)).create("data").unwrap();
+        d.write_raw(&[1.0f32, 2.0, 3.0]).unwrap();
+    })
+    .fails();
+    assert_mentions(&err, &["/X/data", "expected a 1-D array"]);
+}
+
+#[test]
+fn missing_indptr() {
+    let err = Case::new(|p| {
+        Csr::good().write(p);
+        let f = hdf5::File::open_rw(p).unwrap();
+        f.group("X").unwrap().unlink("indptr").unwrap();
+    })
+    .fails();
+    assert_mentions(&err, &["/X/indptr", "missing"]);
+}
+
+#[test]
+fn var_shorter_than_the_matrix() {
+    let err = Case::new(|p| {
+        Csr::good().write(p);
+        let f = hdf5::File::open_rw(p).unwrap();
+        let var = f.create_group("var").unwrap();
+        str_attr(&var, "encoding-type", "dataframe");
+        str_attr(&var, "_index", "_index");
+        let ids: Vec<VarLenUnicode> = ["g1", "g2"].iter().map(|s| s.parse().unwrap()).collect();
+        var.new_dataset_builder()
+            .with_data(&ids)
+            .create("_index")
+            .unwrap();
+    })
+    .fails();
+    assert_mentions(&err, &["/var", "has 2 rows but the matrix has 4 columns"]);
+}
+
+#[test]
+fn deeply_nested_group_instead_of_a_matrix() {
+    let err = Case::new(|p| {
+        let f = hdf5::File::create(p).unwrap();
+        let mut g = f.create_group("X").unwrap();
+        for i in 0..64 {
+            g = g.create_group(&format!("level{i}")).unwrap();
+        }
+    })
+    .fails();
+    assert_mentions(&err, &["/X", "not a sparse matrix"]);
+}
+
+#[test]
+fn raw_asked_for_but_absent() {
+    let c = csr_case(|_| {});
+    let out = c.dir.path().join("out");
+    let o = scdl(&[
+        "convert",
+        c.input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--matrix",
+        "raw",
+    ]);
+    assert!(!o.status.success());
+    assert_mentions(&stderr(&o), &["/raw", "no raw matrix"]);
+    assert!(!out.exists());
+}
+
+/// The same malformed files dropped into a mount: each ends as a failed dataset with the error
+/// `scdl-fs convert` prints, its input stays, and the daemon serves a good file next to them.
+#[test]
+fn the_corpus_dropped_into_a_mount() {
+    let cases: Vec<Case> = vec![
+        csr_case(|m| m.indptr = vec![0, 2, 1, 3]),
+        csr_case(|m| m.indices = vec![0, 2, 4]),
+        csr_case(|m| m.indices = vec![0, 2]),
+        csr_case(|m| m.shape = vec![1 << 40, 4]),
+        csr_case(|m| {
+            m.encoding = "csc_matrix";
+            m.indptr = vec![0, 1, 2, 3, 3];
+            m.indices = vec![0, 9, 1];
+        }),
+        Case::new(|p| std::fs::write(p, noise(4096, 7)).unwrap()),
+        Case::new(|p| std::fs::write(p, b"").unwrap()),
+        Case::new(|p| {
+            let f = hdf5::File::create(p).unwrap();
+            f.create_group("obs").unwrap();
+        }),
+    ];
+    let m = common::TestMount::start();
+    for (i, c) in cases.iter().enumerate() {
+        locked(|| std::fs::copy(&c.input, m.mnt.join(format!("bad{i}.h5ad")))).unwrap();
+    }
+    locked(|| {
+        std::fs::copy(
+            common::fixtures().join("csr_f32.h5ad"),
+            m.mnt.join("good.h5ad"),
+        )
+    })
+    .unwrap();
+    for (i, c) in cases.iter().enumerate() {
+        let st = m.wait_done(&format!("bad{i}"));
+        assert_eq!(st["state"], "failed", "bad{i}: {st}");
+        let in_mount = st["error"].as_str().unwrap().to_string();
+        let cli = c.fails();
+        // Same message after the file name (the paths differ: store vs. test directory).
+        let tail = |e: &str| {
+            e.split_once(".h5ad: ")
+                .map(|(_, t)| t.trim().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(tail(&in_mount), tail(&cli), "bad{i}");
+        assert_eq!(
+            std::fs::read(m.mnt.join(format!("bad{i}.h5ad"))).unwrap(),
+            std::fs::read(&c.input).unwrap()
+        );
+    }
+    assert_eq!(m.wait_done("good")["state"], "ready");
 }

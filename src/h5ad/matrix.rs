@@ -59,6 +59,20 @@ impl<S> Block<S> {
     }
 }
 
+/// A value from the file shortened for a one-line message.
+fn clip(s: &str) -> String {
+    const MAX: usize = 60;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        format!(
+            "{}... ({} bytes)",
+            s.chars().take(MAX).collect::<String>(),
+            s.len()
+        )
+    }
+}
+
 /// An opened matrix, ready to stream.
 pub struct MatrixReader<'a> {
     h5: &'a H5ad,
@@ -107,10 +121,16 @@ impl<'a> MatrixReader<'a> {
             (Some("csr_matrix"), _) | (None, Some("csr")) => Layout::Csr,
             (Some("csc_matrix"), _) | (None, Some("csc")) => Layout::Csc,
             (Some(other), _) => {
-                return Err(h5.error(path, format!("unsupported matrix encoding '{other}'")))
+                return Err(h5.error(
+                    path,
+                    format!("unsupported matrix encoding '{}'", clip(other)),
+                ))
             }
             (None, Some(other)) => {
-                return Err(h5.error(path, format!("unsupported h5sparse_format '{other}'")))
+                return Err(h5.error(
+                    path,
+                    format!("unsupported h5sparse_format '{}'", clip(other)),
+                ))
             }
             (None, None) => {
                 return Err(h5.error(

@@ -92,3 +92,50 @@ pub fn convert_fails(input: &Path, args: &[&str]) -> String {
     assert!(!out.exists(), "no output after a failure");
     stderr(&o)
 }
+
+/// A background `scdl-fs mount` of a fresh store, unmounted (and its daemon killed) on drop.
+pub struct TestMount {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub store: PathBuf,
+}
+
+impl TestMount {
+    pub fn start() -> TestMount {
+        let dir = tempfile::tempdir().unwrap();
+        let (mnt, store) = (dir.path().join("mnt"), dir.path().join("store"));
+        std::fs::create_dir(&mnt).unwrap();
+        let o = scdl(&[
+            "mount",
+            mnt.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "mount failed: {}", stderr(&o));
+        TestMount { dir, mnt, store }
+    }
+
+    /// status.json of NAME once its conversion has ended (ready or failed), within 60 s.
+    pub fn wait_done(&self, name: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let st: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(self.mnt.join(name).join("status.json")).unwrap(),
+            )
+            .unwrap();
+            if st["state"] == "ready"
+                || st["state"] == "failed"
+                || std::time::Instant::now() > deadline
+            {
+                return st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
