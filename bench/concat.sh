@@ -31,12 +31,5 @@ for i in $(seq "$RUNS"); do
   echo "concat $(cat "$WORK/t")" >>"$WORK/results"
 done
 echo "two copies of $SRC ($((BYTES / 1000000)) MB in all), $RUNS runs each"
-echo "| what | median wall s | median MB/s | median peak RSS MB | runs (wall s) |"
-echo "|---|---|---|---|---|"
-for what in cp concat; do
-  wall=$(grep "^$what " "$WORK/results" | cut -d' ' -f2 | median)
-  rss=$(grep "^$what " "$WORK/results" | cut -d' ' -f3 | median)
-  runs=$(grep "^$what " "$WORK/results" | cut -d' ' -f2 | paste -sd, | sed 's/,/, /g')
-  awk -v t="$what" -v w="$wall" -v r="$rss" -v b="$BYTES" -v runs="$runs" \
-    'BEGIN { printf "| %s | %.2f | %.0f | %.0f | %s |\n", t, w, b / 1e6 / w, r / 1024, runs }'
-done
+. "$ROOT/bench/lib.sh"
+table "$WORK/results" "$((BYTES / 1000000))" cp concat

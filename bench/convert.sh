@@ -38,13 +38,5 @@ for i in $(seq "$RUNS"); do
     "$WORK/bionemo" "$INPUT" >>"$results"
 done
 echo "input: $INPUT ($MB MB), $RUNS runs each"
-echo "| tool | median wall s | median MB/s | median peak RSS MB | runs (wall s) |"
-echo "|---|---|---|---|---|"
-median() { sort -n | awk '{ v[NR]=$1 } END { print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2 }'; }
-for tool in scdl-fs bionemo-0.1.3; do
-  wall=$(grep "^$tool " "$results" | cut -d' ' -f2 | median)
-  rss=$(grep "^$tool " "$results" | cut -d' ' -f3 | median)
-  runs=$(grep "^$tool " "$results" | cut -d' ' -f2 | paste -sd, | sed 's/,/, /g')
-  awk -v t="$tool" -v w="$wall" -v r="$rss" -v mb="$MB" -v runs="$runs" \
-    'BEGIN { printf "| %s | %.2f | %.0f | %.0f | %s |\n", t, w, mb / w, r / 1024, runs }'
-done
+. "$ROOT/bench/lib.sh"
+table "$results" "$MB" scdl-fs bionemo-0.1.3

@@ -134,6 +134,14 @@ fn csr_case(edit: impl FnOnce(&mut Csr)) -> Case {
     })
 }
 
+/// The good matrix, then `edit` applied to the file (opened read-write).
+fn good_then(edit: impl FnOnce(&hdf5::File)) -> Case {
+    Case::new(|p| {
+        Csr::good().write(p);
+        edit(&hdf5::File::open_rw(p).unwrap());
+    })
+}
+
 fn assert_mentions(err: &str, parts: &[&str]) {
     for p in parts {
         assert!(err.contains(p), "error should mention {p:?}: {err}");
@@ -433,9 +441,7 @@ fn one_dimensional_dense_x() {
 
 #[test]
 fn float_indices() {
-    let err = Case::new(|p| {
-        Csr::good().write(p);
-        let f = hdf5::File::open_rw(p).unwrap();
+    let err = good_then(|f| {
         let x = f.group("X").unwrap();
         x.unlink("indices").unwrap();
         x.new_dataset_builder()
@@ -449,9 +455,7 @@ fn float_indices() {
 
 #[test]
 fn two_dimensional_data() {
-    let err = Case::new(|p| {
-        Csr::good().write(p);
-        let f = hdf5::File::open_rw(p).unwrap();
+    let err = good_then(|f| {
         let x = f.group("X").unwrap();
         x.unlink("data").unwrap();
         let d = x.new_dataset::<f32>().shape((3, 1)).create("data").unwrap();
@@ -463,9 +467,7 @@ fn two_dimensional_data() {
 
 #[test]
 fn missing_indptr() {
-    let err = Case::new(|p| {
-        Csr::good().write(p);
-        let f = hdf5::File::open_rw(p).unwrap();
+    let err = good_then(|f| {
         f.group("X").unwrap().unlink("indptr").unwrap();
     })
     .fails();
@@ -474,9 +476,7 @@ fn missing_indptr() {
 
 #[test]
 fn var_shorter_than_the_matrix() {
-    let err = Case::new(|p| {
-        Csr::good().write(p);
-        let f = hdf5::File::open_rw(p).unwrap();
+    let err = good_then(|f| {
         let var = f.create_group("var").unwrap();
         str_attr(&var, "encoding-type", "dataframe");
         str_attr(&var, "_index", "_index");
