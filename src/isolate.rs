@@ -113,6 +113,8 @@ pub fn convert_in_child(
                 (libc::RLIMIT_AS, l.address_space),
                 (libc::RLIMIT_CPU, l.cpu_seconds),
                 (libc::RLIMIT_NOFILE, l.open_files),
+                // A crashing libhdf5 is expected now and then: no core files in the store.
+                (libc::RLIMIT_CORE, 0),
             ] {
                 let lim = libc::rlimit {
                     rlim_cur: v,

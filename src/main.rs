@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use scdl_fs::archive::Archive;
-use scdl_fs::convert::{self, ConvertOptions, DataDtypeChoice, Progress};
+use scdl_fs::convert::{ConvertOptions, DataDtypeChoice, Progress};
 use scdl_fs::h5ad::MatrixChoice;
 use scdl_fs::mount::{self, MountOptions};
 
@@ -158,14 +158,8 @@ fn mount(
 }
 
 /// One line on stderr describing a new archive.
-fn report(written: &scdl_fs::archive::WrittenArchive) {
-    eprintln!(
-        "{}: {} rows, {} values ({})",
-        written.path.display(),
-        written.rows,
-        written.nnz,
-        written.dtype
-    );
+fn report(path: &std::path::Path, rows: u64, nnz: u64, dtype: scdl_fs::dtype::Dtype) {
+    eprintln!("{}: {rows} rows, {nnz} values ({dtype})", path.display());
 }
 
 /// Runs the parsed command; `cli_args` are the arguments it was parsed from (without argv[0]),
@@ -209,10 +203,17 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 data_dtype,
                 allow_lossy,
             };
+            // The conversion runs in a child process (this binary's convert-worker): a libhdf5
+            // crash on a malformed file becomes a one-line error, not a segfault of this command.
             let bar = progress_bar();
-            let written = convert::convert(&input, &output, &opts, &bar).map_err(failed)?;
+            let exe = scdl_fs::isolate::own_executable()
+                .ok_or((EXIT_FAILED, "cannot find own executable".to_string()))?;
+            let limits = scdl_fs::isolate::Limits::default();
+            scdl_fs::isolate::convert_in_child(&exe, &input, &output, &opts, &limits, &bar)
+                .map_err(failed)?;
             bar.0.finish_and_clear();
-            report(&written);
+            let written = Archive::open(&output).map_err(failed)?;
+            report(&output, written.num_rows, written.nnz, written.data_dtype);
             Ok(())
         }
         Command::Concat {
@@ -225,7 +226,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             let written = scdl_fs::concat::concat(&inputs, &output, data_dtype, allow_lossy, &bar)
                 .map_err(failed)?;
             bar.0.finish_and_clear();
-            report(&written);
+            report(&written.path, written.rows, written.nnz, written.dtype);
             Ok(())
         }
         Command::ConvertWorker {

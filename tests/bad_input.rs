@@ -570,3 +570,57 @@ fn the_corpus_dropped_into_a_mount() {
     }
     assert_eq!(m.wait_done("good")["state"], "ready");
 }
+
+/// Mutation testing on a real anndata file (a stable stand-in for fuzzing the reader): random
+/// bytes overwritten at random places. libhdf5 crashes on some of these; whatever happens,
+/// `scdl-fs convert` must exit 0 with a valid archive or 1 with one line, and leave nothing.
+#[test]
+fn mutated_files_never_crash_the_command() {
+    let src = std::fs::read(common::fixtures().join("csr_f32.h5ad")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0xdead_beef_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut outcomes = [0usize; 2];
+    for i in 0..120 {
+        let mut bytes = src.clone();
+        for _ in 0..[1, 4, 16, 64][(next() % 4) as usize] {
+            let at = (next() % bytes.len() as u64) as usize;
+            bytes[at] = next() as u8;
+        }
+        let input = dir.path().join(format!("m{i}.h5ad"));
+        std::fs::write(&input, &bytes).unwrap();
+        let out = dir.path().join(format!("out{i}"));
+        let o = scdl(&["convert", input.to_str().unwrap(), out.to_str().unwrap()]);
+        let err = stderr(&o);
+        match o.status.code() {
+            Some(0) => {
+                outcomes[0] += 1;
+                let info = scdl(&["info", out.to_str().unwrap()]);
+                assert!(
+                    info.status.success(),
+                    "mutant {i}: converted into an unreadable archive: {}",
+                    stderr(&info)
+                );
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+            Some(1) => {
+                outcomes[1] += 1;
+                assert_eq!(err.trim_end().lines().count(), 1, "mutant {i}: {err}");
+                assert!(!out.exists(), "mutant {i}: output left behind");
+            }
+            other => panic!("mutant {i}: exit {other:?}: {err}"),
+        }
+        std::fs::remove_file(&input).unwrap();
+        let left: Vec<String> = listing(dir.path());
+        assert!(left.is_empty(), "mutant {i} left {left:?}");
+    }
+    assert!(
+        outcomes[1] > 0,
+        "some mutants must be rejected: {outcomes:?}"
+    );
+}

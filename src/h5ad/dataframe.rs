@@ -141,7 +141,9 @@ fn read_column(h5: &H5ad, group: &hdf5::Group, path: &str, name: &str) -> Result
                 &format!("{loc}/categories"),
                 &member("categories")?,
             )?);
-            let codes = member("codes")?
+            let codes_ds = member("codes")?;
+            check_size(h5, &format!("{loc}/codes"), &codes_ds)?;
+            let codes = codes_ds
                 .read_raw::<i64>()
                 .map_err(|e| h5.error(&format!("{loc}/codes"), e.to_string()))?;
             codes
@@ -161,7 +163,9 @@ fn read_column(h5: &H5ad, group: &hdf5::Group, path: &str, name: &str) -> Result
         }
         "nullable-integer" | "nullable-boolean" | "nullable-string-array" => {
             let values = read_array(h5, &format!("{loc}/values"), &member("values")?)?;
-            let mask = member("mask")?
+            let mask_ds = member("mask")?;
+            check_size(h5, &format!("{loc}/mask"), &mask_ds)?;
+            let mask = mask_ds
                 .read_raw::<u8>()
                 .map_err(|e| h5.error(&format!("{loc}/mask"), e.to_string()))?;
             if mask.len() != values.len() {
@@ -189,8 +193,26 @@ fn apply_mask(values: Column, mask: &[u8]) -> Column {
     }
 }
 
+/// Dataframes describe genes or cells: a column beyond this is a corrupt size, not data (and
+/// reading it whole would exhaust memory).
+const MAX_FRAME_ELEMENTS: usize = 1 << 28;
+
+fn check_size(h5: &H5ad, loc: &str, ds: &hdf5::Dataset) -> Result<()> {
+    if ds.size() > MAX_FRAME_ELEMENTS {
+        return Err(h5.error(
+            loc,
+            format!(
+                "implausibly large dataframe column ({} elements)",
+                ds.size()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn read_array(h5: &H5ad, loc: &str, ds: &hdf5::Dataset) -> Result<Column> {
     let fail = |e: hdf5::Error| h5.error(loc, format!("read failed: {e}"));
+    check_size(h5, loc, ds)?;
     if ds.ndim() > 1 {
         return Err(h5.error(
             loc,
@@ -215,6 +237,7 @@ fn read_compound(h5: &H5ad, path: &str, ds: &hdf5::Dataset) -> Result<DataFrame>
         .dtype()
         .and_then(|t| t.to_descriptor())
         .map_err(|e| h5.error(path, e.to_string()))?;
+    check_size(h5, path, ds)?;
     let TypeDescriptor::Compound(compound) = desc else {
         return Err(h5.error(path, "dataframe dataset is not a compound (legacy) table"));
     };

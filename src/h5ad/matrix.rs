@@ -602,7 +602,19 @@ impl<'a> MatrixReader<'a> {
     ) -> Result<()> {
         let budget = BLOCK_ELEMENTS as u64;
         // Pass 1: per-row counts (checks indptr and row indices on the way).
-        let mut counts = vec![0u64; self.n_rows as usize];
+        let mut counts: Vec<u64> = Vec::new();
+        counts
+            .try_reserve_exact(self.n_rows as usize)
+            .map_err(|_| {
+                self.err(
+                    "",
+                    format!(
+                        "cannot hold row counts for {} rows (absurd shape?)",
+                        self.n_rows
+                    ),
+                )
+            })?;
+        counts.resize(self.n_rows as usize, 0);
         self.for_each_csc_run(false, &mut |a, b, _| {
             let rows =
                 self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
