@@ -25,24 +25,38 @@ struct Cli {
     command: Command,
 }
 
+/// What a conversion needs: shared by `convert` and its internal worker.
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// An .h5ad file, or a directory searched recursively for *.h5ad (sorted by path).
+    input: PathBuf,
+    /// The archive directory to create (must not exist).
+    output: PathBuf,
+    /// Which matrix: auto (raw.X if present, else X), X, raw, or layers/NAME.
+    #[arg(long, default_value = "auto")]
+    matrix: MatrixChoice,
+    /// Data type of data.npy: float16, float32, float64, uint8..uint64, or keep.
+    #[arg(long, default_value = "float32")]
+    data_dtype: DataDtypeChoice,
+    /// Convert values that the data type cannot hold exactly instead of failing.
+    #[arg(long)]
+    allow_lossy: bool,
+}
+
+impl ConvertArgs {
+    fn options(&self) -> ConvertOptions {
+        ConvertOptions {
+            matrix: self.matrix.clone(),
+            data_dtype: self.data_dtype,
+            allow_lossy: self.allow_lossy,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert an .h5ad file, or a directory of them, into an SCDL archive.
-    Convert {
-        /// An .h5ad file, or a directory searched recursively for *.h5ad (sorted by path).
-        input: PathBuf,
-        /// The archive directory to create (must not exist).
-        output: PathBuf,
-        /// Which matrix: auto (raw.X if present, else X), X, raw, or layers/NAME.
-        #[arg(long, default_value = "auto")]
-        matrix: MatrixChoice,
-        /// Data type of data.npy: float16, float32, float64, uint8..uint64, or keep.
-        #[arg(long, default_value = "float32")]
-        data_dtype: DataDtypeChoice,
-        /// Convert values that the data type cannot hold exactly instead of failing.
-        #[arg(long)]
-        allow_lossy: bool,
-    },
+    Convert(ConvertArgs),
     /// Mount the filesystem: drop .h5ad files in, read cells out (see docs/SEMANTICS.md).
     Mount {
         mountpoint: PathBuf,
@@ -84,16 +98,7 @@ enum Command {
     },
     /// (internal) One conversion in a child process of the mount; progress on stdout.
     #[command(hide = true)]
-    ConvertWorker {
-        input: PathBuf,
-        output: PathBuf,
-        #[arg(long, default_value = "auto")]
-        matrix: MatrixChoice,
-        #[arg(long, default_value = "float32")]
-        data_dtype: DataDtypeChoice,
-        #[arg(long)]
-        allow_lossy: bool,
-    },
+    ConvertWorker(ConvertArgs),
     /// Describe an SCDL archive (ours or bionemo-scdl's).
     Info {
         archive: PathBuf,
@@ -191,29 +196,19 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             };
             mount(cli_args, mountpoint, store, foreground, options)
         }
-        Command::Convert {
-            input,
-            output,
-            matrix,
-            data_dtype,
-            allow_lossy,
-        } => {
-            let opts = ConvertOptions {
-                matrix,
-                data_dtype,
-                allow_lossy,
-            };
+        Command::Convert(args) => {
+            let (input, output, opts) = (&args.input, &args.output, args.options());
             // The conversion runs in a child process (this binary's convert-worker): a libhdf5
             // crash on a malformed file becomes a one-line error, not a segfault of this command.
             let bar = progress_bar();
             let exe = scdl_fs::isolate::own_executable()
                 .ok_or((EXIT_FAILED, "cannot find own executable".to_string()))?;
             let limits = scdl_fs::isolate::Limits::default();
-            scdl_fs::isolate::convert_in_child(&exe, &input, &output, &opts, &limits, &bar)
+            scdl_fs::isolate::convert_in_child(&exe, input, output, &opts, &limits, &bar)
                 .map_err(failed)?;
             bar.0.finish_and_clear();
-            let written = Archive::open(&output).map_err(failed)?;
-            report(&output, written.num_rows, written.nnz, written.data_dtype);
+            let written = Archive::open(output).map_err(failed)?;
+            report(output, written.num_rows, written.nnz, written.data_dtype);
             Ok(())
         }
         Command::Concat {
@@ -229,19 +224,9 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             report(&written.path, written.rows, written.nnz, written.dtype);
             Ok(())
         }
-        Command::ConvertWorker {
-            input,
-            output,
-            matrix,
-            data_dtype,
-            allow_lossy,
-        } => {
-            let opts = ConvertOptions {
-                matrix,
-                data_dtype,
-                allow_lossy,
-            };
-            scdl_fs::isolate::worker_main(&input, &output, &opts).map_err(failed)
+        Command::ConvertWorker(args) => {
+            scdl_fs::isolate::worker_main(&args.input, &args.output, &args.options())
+                .map_err(failed)
         }
         Command::Info { archive, json } => {
             let a = Archive::open(&archive).map_err(failed)?;
