@@ -25,20 +25,16 @@ import sys
 import tempfile
 import time
 import warnings
-from importlib.util import find_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TORCH_STUB = os.path.join(REPO, "tests", "oracle", "torch_stub")
-DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "scdl-fs", "test-venv")
 
-if __name__ == "__main__" and (find_spec("scipy") is None or find_spec("numpy") is None):
-    _py = os.path.join(os.environ.get("SCDL_FS_TEST_VENV", DEFAULT_VENV), "bin", "python")
-    if os.path.exists(_py) and not os.environ.get("SCDL_FS_BENCH_REEXEC"):
-        os.environ["SCDL_FS_BENCH_REEXEC"] = "1"
-        os.execv(_py, [_py, os.path.abspath(__file__), *sys.argv[1:]])
-    print("mount_reads: needs numpy and scipy; run with the python that scripts/test-env.sh prints", file=sys.stderr)
-    sys.exit(2)
+sys.path.insert(0, os.path.join(REPO, "tests", "oracle"))
+from venv_switch import DEFAULT_VENV, ensure  # noqa: E402
+
+if __name__ == "__main__":
+    ensure("mount_reads", ["numpy", "scipy"])
 
 import numpy as np  # noqa: E402
 

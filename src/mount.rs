@@ -56,6 +56,17 @@ fn mountpoint_error(path: &Path, message: impl Into<String>) -> MountError {
     }
 }
 
+/// umount2(MNT_DETACH): detaches the mount at `mnt` now, lazily releasing it when unused.
+fn detach(mnt: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A FUSE mount whose daemon died leaves the mountpoint answering ENOTCONN: detach it.
 fn clear_stale_mount(mnt: &Path) -> Result<(), MountError> {
     match std::fs::metadata(mnt) {
@@ -66,17 +77,9 @@ fn clear_stale_mount(mnt: &Path) -> Result<(), MountError> {
                 "{}: clearing a stale mount left by a dead daemon",
                 mnt.display()
             );
-            let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())
-                .map_err(|_| mountpoint_error(mnt, "path contains NUL"))?;
-            // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                let e = std::io::Error::last_os_error();
-                return Err(mountpoint_error(
-                    mnt,
-                    format!("stale mount could not be cleared: {e}"),
-                ));
-            }
-            Ok(())
+            detach(mnt).map_err(|e| {
+                mountpoint_error(mnt, format!("stale mount could not be cleared: {e}"))
+            })
         }
         Err(e) => Err(mountpoint_error(mnt, e.to_string())),
     }
@@ -151,9 +154,8 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
             stopping.shutdown();
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount: {e}; detaching lazily");
-                if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
-                    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                if let Err(e) = detach(&mnt) {
+                    log::error!("lazy unmount of {}: {e}", mnt.display());
                 }
             }
         }

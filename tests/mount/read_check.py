@@ -48,21 +48,16 @@ import sys
 import tempfile
 import time
 import warnings
-from importlib.util import find_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORACLE = os.path.normpath(os.path.join(HERE, "..", "oracle"))
-DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "scdl-fs", "test-venv")
-
-if __name__ == "__main__" and (find_spec("anndata") is None or find_spec("scipy") is None):
-    _py = os.path.join(os.environ.get("SCDL_FS_TEST_VENV", DEFAULT_VENV), "bin", "python")
-    if os.path.exists(_py) and not os.environ.get("SCDL_FS_READ_CHECK_REEXEC"):
-        os.environ["SCDL_FS_READ_CHECK_REEXEC"] = "1"
-        os.execv(_py, [_py, os.path.abspath(__file__), *sys.argv[1:]])
-    print("read_check: needs anndata and scipy; run with the python that scripts/test-env.sh prints", file=sys.stderr)
-    sys.exit(2)
 
 sys.path.insert(0, ORACLE)
+from venv_switch import ensure  # noqa: E402
+
+if __name__ == "__main__":
+    ensure("read_check", ["anndata", "scipy"])
+
 import numpy as np  # noqa: E402
 
 import verify as V  # noqa: E402  tests/oracle/verify.py: source loader, CSR comparison, bionemo reader

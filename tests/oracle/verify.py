@@ -32,19 +32,15 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from importlib.util import find_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCH_STUB = os.path.join(HERE, "torch_stub")
-DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "scdl-fs", "test-venv")
 
-if __name__ == "__main__" and find_spec("anndata") is None:  # not the test venv's python: switch to it
-    _py = os.path.join(os.environ.get("SCDL_FS_TEST_VENV", DEFAULT_VENV), "bin", "python")
-    if os.path.exists(_py) and not os.environ.get("SCDL_FS_VERIFY_REEXEC"):
-        os.environ["SCDL_FS_VERIFY_REEXEC"] = "1"
-        os.execv(_py, [_py, os.path.abspath(__file__), *sys.argv[1:]])
-    print("verify: needs anndata; run with the python that scripts/test-env.sh prints", file=sys.stderr)
-    sys.exit(2)
+sys.path.insert(0, HERE)
+from venv_switch import DEFAULT_VENV, ensure  # noqa: E402
+
+if __name__ == "__main__":
+    ensure("verify", ["anndata"])
 
 import numpy as np  # noqa: E402
 
