@@ -142,11 +142,18 @@ fn dict_value<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
 /// Reads a 1-D (or 0-d) int64 or unicode array.
 pub fn read_array(bytes: &[u8]) -> Result<NpyArray, String> {
     let (descr, shape, offset) = parse_header(bytes)?;
-    let count = shape.iter().product::<u64>() as usize;
+    // The shape comes from the file: its product (and the byte sizes below) may overflow, and
+    // nothing is allocated before the data is known to be there.
+    let count = shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("bad .npy shape {shape:?}: too many elements"))?;
     let body = &bytes[offset..];
+    let fits = |item: usize| count.checked_mul(item).is_some_and(|n| n <= body.len());
     match descr.as_str() {
         "<i8" | "|i8" => {
-            if body.len() < count * 8 {
+            if !fits(8) {
                 return Err("truncated int64 .npy data".into());
             }
             Ok(NpyArray::Int64(
@@ -157,8 +164,13 @@ pub fn read_array(bytes: &[u8]) -> Result<NpyArray, String> {
             ))
         }
         d if d.starts_with("<U") => {
-            let width: usize = d[2..].parse().map_err(|_| format!("bad descr {d}"))?;
-            if body.len() < count * width * 4 {
+            // Zero-width strings would let a tiny file claim any number of elements.
+            let width: usize = d[2..]
+                .parse()
+                .ok()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| format!("bad descr {d}"))?;
+            if !width.checked_mul(4).is_some_and(fits) {
                 return Err("truncated unicode .npy data".into());
             }
             let mut out = Vec::with_capacity(count);
@@ -214,6 +226,13 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(read_array(b"hello").is_err());
+        // Found by fuzzing: a header alone claiming 10^12 empty strings, or a shape whose
+        // element count overflows, must be refused without allocating.
+        let huge = |descr: &str, shape: &[u64]| header(descr, shape);
+        assert!(read_array(&huge("<U0", &[1_000_000_000_000])).is_err());
+        assert!(read_array(&huge("<i8", &[1 << 32, 1 << 32])).is_err());
+        assert!(read_array(&huge("<i8", &[1 << 61])).is_err());
+        assert!(read_array(&huge("<U4611686018427387904", &[4])).is_err());
         let mut f = int64_array(&[1, 2, 3]);
         f.truncate(f.len() - 4);
         assert!(read_array(&f).is_err());
