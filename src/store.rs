@@ -3,6 +3,20 @@
 //! the status of failed conversions). Temporary archive directories (`.NAME.scdl-tmp.*`) live
 //! beside their target until renamed into place. Paths are only ever built from validated
 //! `DatasetName`s.
+//!
+//! Symlinks: the store is a plain directory other people and daemons write into, and the daemon
+//! may run as root. A symlink in it is never followed, opened or deleted through, so nothing
+//! outside the store is ever read, served, created, modified or removed because of what the
+//! store holds:
+//! - `NAME/` or `NAME.h5ad` that is a symlink: ignored at scan (logged), left in place by
+//!   `delete`;
+//! - an archive with a symlink anywhere inside it (`NAME/data.npy -> /elsewhere`): refused by
+//!   `open_archive`, so the dataset is served as failed, its files never opened;
+//! - `.scdl-fs/`, `.scdl-fs/uploads/` or `.scdl-fs/failed/` that is a symlink: `Store::open`
+//!   fails (it would otherwise clean, write or rename files in the directory it points to).
+//!
+//! The store root itself may be a symlink (`/var/lib/scdl-fs -> /data/scdl`): it is resolved once,
+//! when the store is opened. [tests/store_traversal.rs]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -48,8 +62,31 @@ impl Store {
         fs::create_dir_all(root).at(root)?;
         let root = root.canonicalize().at(root)?;
         let store = Store { root };
-        for d in [store.uploads_dir(), store.failures_dir()] {
-            fs::create_dir_all(&d).at(&d)?;
+        // Not create_dir_all, which follows symlinks: the state directories must be our own.
+        for d in [
+            store.root.join(STATE_DIR),
+            store.uploads_dir(),
+            store.failures_dir(),
+        ] {
+            match fs::symlink_metadata(&d) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::Usage(format!(
+                        "{}: not a directory (a symlink?): the store's state directories must \
+                         be real directories",
+                        d.display()
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(&d) {
+                    Ok(()) => {}
+                    // Another daemon opening the same store just made it.
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AlreadyExists
+                            && fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) => {}
+                    Err(e) => return Err(Error::io(&d, e)),
+                },
+                Err(e) => return Err(Error::io(&d, e)),
+            }
         }
         store.clean_temporaries();
         Ok(store)
@@ -122,8 +159,19 @@ impl Store {
         Ok(found.into_iter().map(|(n, (a, i))| (n, a, i)).collect())
     }
 
+    /// Opens the archive `NAME/`, refusing one that is, or holds, a symlink (module doc).
     pub fn open_archive(&self, name: &DatasetName) -> Result<Archive> {
-        Archive::open(&self.archive_path(name))
+        let path = self.archive_path(name);
+        if let Some(link) = find_symlink(&path)? {
+            return Err(Error::archive(
+                &path,
+                format!(
+                    "{} is a symlink; archives in the store must not contain symlinks",
+                    link.display()
+                ),
+            ));
+        }
+        Archive::open(&path)
     }
 
     pub fn has_archive(&self, name: &DatasetName) -> bool {
@@ -164,19 +212,45 @@ impl Store {
 
     /// Deletes a dataset's archive (atomically hidden first, then removed) and its input.
     pub fn delete(&self, name: &DatasetName) -> Result<()> {
+        // lstat, not exists(): a symlink put in the place of NAME/ or NAME.h5ad is left alone.
+        let kind = |p: &Path| fs::symlink_metadata(p).ok().map(|m| m.file_type());
         let archive = self.archive_path(name);
-        if archive.exists() {
+        if kind(&archive).is_some_and(|t| t.is_dir()) {
             let hidden = crate::archive::temp_path_for(&archive)?;
             fs::rename(&archive, &hidden).at(&archive)?;
             fs::remove_dir_all(&hidden).at(&hidden)?;
         }
         let input = self.input_path(name);
-        match fs::remove_file(&input) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&input, e)),
+        if kind(&input).is_some_and(|t| t.is_file()) {
+            match fs::remove_file(&input) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&input, e)),
+            }
         }
         self.clear_failure(name);
         Ok(())
     }
+}
+
+/// The first symlink at or below `path` (not following any), if there is one.
+fn find_symlink(path: &Path) -> Result<Option<PathBuf>> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        // Archive::open reports a missing archive with its own message.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if meta.is_dir() {
+        for e in fs::read_dir(path).at(path)? {
+            let e = e.at(path)?;
+            if let Some(link) = find_symlink(&e.path())? {
+                return Ok(Some(link));
+            }
+        }
+    }
+    Ok(None)
 }
