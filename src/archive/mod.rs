@@ -184,8 +184,9 @@ impl Archive {
             )));
         }
         let ptr_len = row_ptr_len / row_ptr_dtype.size() as u64;
-        // An empty archive may have an empty row_ptr (bionemo) or [0] (us).
-        if !(ptr_len == num_rows + 1 || (num_rows == 0 && ptr_len == 0)) {
+        // An empty archive may have an empty row_ptr (bionemo) or [0] (us). num_rows comes from
+        // metadata.json: u64::MAX must not overflow (found by fuzzing).
+        if !(Some(ptr_len) == num_rows.checked_add(1) || (num_rows == 0 && ptr_len == 0)) {
             return Err(bad(format!(
                 "row_ptr.npy has {ptr_len} entries but metadata.json says {num_rows} rows"
             )));
