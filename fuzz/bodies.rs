@@ -423,6 +423,7 @@ pub fn archive(data: &[u8]) {
         .filter(|(_, v)| v.as_slice() != b"<dir>")
         .map(|(k, _)| path.join(k))
         .collect();
+    let mutated = rest.len() >= 8;
     for _ in 0..4 {
         if rest.len() < 8 {
             break;
@@ -453,8 +454,13 @@ pub fn archive(data: &[u8]) {
         }
         std::fs::write(file, &bytes).expect("write mutation");
     }
-    let Ok(a) = Archive::open(&path) else {
-        return;
+    let a = match Archive::open(&path) {
+        Ok(a) => a,
+        Err(e) if mutated => {
+            let _ = e.to_string();
+            return;
+        }
+        Err(e) => panic!("the intact archive does not open: {e}"),
     };
     let item = a.data_dtype.size() as u64;
     let check_dense = |span: &RowSpan| {
