@@ -385,7 +385,9 @@ fn read_parquet(path: &Path) -> Result<FeatureFrame> {
     let input = ParquetInput(bytes::Bytes::from(fs::read(path).at(path)?));
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(input).map_err(|e| fail(e.to_string()))?;
-    let num_vars = builder.metadata().file_metadata().num_rows() as u64;
+    let rows = builder.metadata().file_metadata().num_rows();
+    let num_vars =
+        u64::try_from(rows).map_err(|_| fail(format!("parquet row count {rows} is negative")))?;
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(|e| fail(e.to_string()))?;
     let mut columns: Vec<(String, Column)> = Vec::new();
@@ -408,6 +410,13 @@ fn read_parquet(path: &Path) -> Result<FeatureFrame> {
                 from_arrow(path, field.name(), empty.as_ref())?,
             ));
         }
+    }
+    // The width of every rendered row comes from num_vars: it must be what the columns hold.
+    if let Some((name, c)) = columns.iter().find(|(_, c)| c.len() as u64 != num_vars) {
+        return Err(fail(format!(
+            "column '{name}' has {} values but the file says {num_vars} rows",
+            c.len()
+        )));
     }
     Ok(FeatureFrame { num_vars, columns })
 }

@@ -32,6 +32,12 @@ impl RowSpan {
         if end > start + b.rows {
             return None;
         }
+        // The width comes from the feature index: a file whose size would not fit in u64 does
+        // not exist (found by fuzzing: a corrupt parquet row count overflowed dense_size).
+        (end - first)
+            .checked_mul(b.frame.num_vars)?
+            .checked_mul(archive.data_dtype.size() as u64)?
+            .checked_add(1 << 16)?;
         Some(RowSpan {
             first,
             end,
@@ -86,23 +92,31 @@ impl RowSpan {
         let (a, b) = (ptrs[0], ptrs[ptrs.len() - 1]);
         let cols = archive.cols(a, b)?;
         let values = archive.data_bytes(a, b)?;
-        let item = archive.data_dtype.size();
-        let mut row_buf = vec![0u8; row_bytes as usize];
+        let item = item as usize;
         for r in r0..r1 {
             let k = (r - r0) as usize;
             let (ra, rb) = ((ptrs[k] - a) as usize, (ptrs[k + 1] - a) as usize);
-            row_buf.fill(0);
-            for e in ra..rb {
-                let c = cols[e] as usize;
-                // A column past the block width would be a corrupt archive: skip, not panic.
-                if let Some(dst) = row_buf.get_mut(c * item..(c + 1) * item) {
-                    dst.copy_from_slice(&values[e * item..(e + 1) * item]);
-                }
-            }
+            // Only the asked part [lo, hi) of the row is materialised: a row may be far wider
+            // than the read (a corrupt or hostile feature index can claim 2^40 genes).
             let row_start = r * row_bytes;
             let lo = b0.max(row_start) - row_start;
             let hi = b1.min(row_start + row_bytes) - row_start;
-            out.extend_from_slice(&row_buf[lo as usize..hi as usize]);
+            let base = out.len();
+            out.resize(base + (hi - lo) as usize, 0);
+            for e in ra..rb {
+                // A column past the block width would be a corrupt archive: skip, not panic.
+                let Some(c0) = cols[e].checked_mul(item as u64) else {
+                    continue;
+                };
+                let c1 = c0.saturating_add(item as u64);
+                let (from, to) = (c0.max(lo), c1.min(hi));
+                if from >= to {
+                    continue;
+                }
+                let v = e * item + (from - c0) as usize;
+                out[base + (from - lo) as usize..base + (to - lo) as usize]
+                    .copy_from_slice(&values[v..v + (to - from) as usize]);
+            }
         }
         Ok(out)
     }
