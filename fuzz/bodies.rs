@@ -23,8 +23,11 @@ use scdl_fs::npy::{self, NpyArray};
 use scdl_fs::render::{self, RowSpan};
 use scdl_fs::store::Store;
 
+/// A target body: panics when a property does not hold for the input.
+pub type Body = fn(&[u8]);
+
 /// Every target by name, for the seed replay test.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Body); 4] = [
     ("control", control),
     ("names", names),
     ("npy", npy),

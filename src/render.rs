@@ -103,9 +103,9 @@ impl RowSpan {
             let hi = b1.min(row_start + row_bytes) - row_start;
             let base = out.len();
             out.resize(base + (hi - lo) as usize, 0);
-            for e in ra..rb {
+            for (e, col) in (ra..rb).zip(&cols[ra..rb]) {
                 // A column past the block width would be a corrupt archive: skip, not panic.
-                let Some(c0) = cols[e].checked_mul(item as u64) else {
+                let Some(c0) = col.checked_mul(item as u64) else {
                     continue;
                 };
                 let c1 = c0.saturating_add(item as u64);
