@@ -380,7 +380,26 @@ impl parquet::file::reader::ChunkReader for ParquetInput {
     }
 }
 
+/// Reads a feature parquet file. The parquet and arrow crates assert on some corrupt inputs
+/// (found by fuzzing: a definition-level run past the end of its buffer trips an assert in
+/// arrow-buffer's `BitChunks::new`). A corrupt feature file must fail its archive, not take a
+/// thread of the daemon down — the rescan opens archives holding the registry lock, which a
+/// panic would poison. So a panic while decoding becomes this file's error.
 fn read_parquet(path: &Path) -> Result<FeatureFrame> {
+    std::panic::catch_unwind(|| read_parquet_unguarded(path)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::archive(
+            path,
+            format!("corrupt parquet file (the parquet reader panicked: {what})"),
+        ))
+    })
+}
+
+fn read_parquet_unguarded(path: &Path) -> Result<FeatureFrame> {
     let fail = |e: String| Error::archive(path, e);
     let input = ParquetInput(bytes::Bytes::from(fs::read(path).at(path)?));
     let builder =
