@@ -138,10 +138,9 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 fn options(workers: usize) -> NamespaceOptions {
     NamespaceOptions {
-        convert: ConvertOptions::default(),
         workers,
         converter: None,
-        limits: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -512,6 +512,10 @@ impl Namespace {
     }
 
     pub fn shutdown(&self) {
+        // Under the jobs lock: a worker between its check of the flag and its wait would miss a
+        // notification sent without it and wait forever (found by the control fuzz target, a
+        // join of the workers hung).
+        let _jobs = self.jobs.lock().expect("jobs");
         self.shutting_down.store(true, Ordering::SeqCst);
         self.jobs_ready.notify_all();
     }

@@ -75,10 +75,9 @@ impl World {
         Namespace::new(
             Store::open(&self.store).unwrap(),
             NamespaceOptions {
-                convert: ConvertOptions::default(),
                 workers: 1,
                 converter: Some(common::bin()),
-                limits: Default::default(),
+                ..Default::default()
             },
         )
     }
