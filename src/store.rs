@@ -3,6 +3,11 @@
 //! the status of failed conversions). Temporary archive directories (`.NAME.scdl-tmp.*`) live
 //! beside their target until renamed into place. Paths are only ever built from validated
 //! `DatasetName`s.
+//!
+//! Several daemons (one per node) may share one store: whatever one of them does to a NAME
+//! (upload, convert, concat, delete) it does holding NAME's lease (`lease.rs`), and it only
+//! cleans up leftovers of a NAME whose lease is free or whose holder is dead. Pending concats
+//! are written down (`.scdl-fs/jobs/NAME.json`) so that a crash does not lose them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::{write_synced_bytes, Archive, FileNames};
 use crate::error::{Error, IoContext, Result};
+use crate::lease::Leases;
 use crate::names::DatasetName;
 
 const STATE_DIR: &str = ".scdl-fs";
@@ -37,9 +43,36 @@ pub struct FailureRecord {
     pub input_mtime: i64,
 }
 
-#[derive(Clone, Debug)]
+/// A concat waiting to run (or failed), written down before it starts so that a daemon killed
+/// midway leaves it to be restarted by the next one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConcatJob {
+    /// The `.control` line that asked for it.
+    pub command: String,
+    pub sources: Vec<String>,
+    /// Set when the concat failed: the target is shown as failed until deleted.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What the store holds under one name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Entry {
+    pub has_archive: bool,
+    pub has_input: bool,
+    pub has_job: bool,
+}
+
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
+    leases: std::sync::Arc<Leases>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
 }
 
 impl Store {
@@ -47,12 +80,20 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         fs::create_dir_all(root).at(root)?;
         let root = root.canonicalize().at(root)?;
-        let store = Store { root };
-        for d in [store.uploads_dir(), store.failures_dir()] {
+        let state = root.join(STATE_DIR);
+        fs::create_dir_all(&state).at(&state)?;
+        let leases = Leases::open(&state)?;
+        let store = Store { root, leases };
+        for d in [store.uploads_dir(), store.failures_dir(), store.jobs_dir()] {
             fs::create_dir_all(&d).at(&d)?;
         }
         store.clean_temporaries();
         Ok(store)
+    }
+
+    /// The leases through which the daemons sharing this store take turns on each name.
+    pub fn leases(&self) -> &std::sync::Arc<Leases> {
+        &self.leases
     }
 
     pub fn root(&self) -> &Path {
@@ -75,51 +116,104 @@ impl Store {
         self.root.join(STATE_DIR).join("failed")
     }
 
+    fn jobs_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR).join("jobs")
+    }
+
+    fn job_path(&self, name: &DatasetName) -> PathBuf {
+        self.jobs_dir().join(format!("{}.json", name.as_str()))
+    }
+
+    /// Writes down (durably) the concat that will produce NAME, or its failure.
+    pub fn write_job(&self, name: &DatasetName, job: &ConcatJob) -> Result<()> {
+        let bytes = serde_json::to_vec(job).expect("serialisable");
+        write_synced_bytes(&self.job_path(name), &bytes)
+    }
+
+    pub fn job(&self, name: &DatasetName) -> Option<ConcatJob> {
+        serde_json::from_slice(&fs::read(self.job_path(name)).ok()?).ok()
+    }
+
+    pub fn remove_job(&self, name: &DatasetName) {
+        let _ = fs::remove_file(self.job_path(name));
+    }
+
     /// Where a file being dropped through the mount is written until its writer closes it.
     pub fn upload_path(&self, name: &DatasetName) -> PathBuf {
         self.uploads_dir().join(name.input_file_name())
     }
 
-    /// Removes what an interrupted daemon left: temporary archive directories and uploads that
-    /// were never closed (a cut-off upload must not be converted as if complete).
+    /// Removes what interrupted daemons left: temporary archive directories and uploads that
+    /// were never closed (a cut-off upload must not be converted as if complete). Only for names
+    /// no live daemon holds: another node may be converting or uploading right now.
     fn clean_temporaries(&self) {
         let Ok(entries) = fs::read_dir(&self.root) else {
             return;
         };
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".scdl-tmp.") {
-                log::info!("removing interrupted conversion {name}");
-                let _ = fs::remove_dir_all(e.path());
+            let file = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = temp_owner(&file) {
+                if self.leases.holder(&name).is_none() {
+                    log::info!("removing interrupted work {file}");
+                    let _ = fs::remove_dir_all(e.path());
+                }
             }
         }
         if let Ok(entries) = fs::read_dir(self.uploads_dir()) {
             for e in entries.flatten() {
-                log::warn!("discarding unfinished upload {}", e.path().display());
-                let _ = fs::remove_file(e.path());
+                let file = e.file_name().to_string_lossy().into_owned();
+                let name = DatasetName::from_input_file(&file).ok();
+                if name.is_none_or(|n| self.leases.holder(&n).is_none()) {
+                    log::warn!("discarding unfinished upload {}", e.path().display());
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
     }
 
-    /// Every dataset name the store knows: archive directories and dropped inputs.
-    pub fn scan(&self) -> Result<Vec<(DatasetName, bool, bool)>> {
-        let mut found: std::collections::BTreeMap<DatasetName, (bool, bool)> = Default::default();
+    /// Removes NAME's leftovers (temporary archives, an unfinished upload) once this daemon holds
+    /// NAME's lease: whoever made them is gone.
+    pub fn clean_leftovers(&self, name: &DatasetName) {
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if temp_owner(&file).as_ref() == Some(name) {
+                    log::info!("removing interrupted work {file}");
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let _ = fs::remove_file(self.upload_path(name));
+    }
+
+    /// Every dataset name the store knows: archive directories, dropped inputs, pending concats.
+    pub fn scan(&self) -> Result<Vec<(DatasetName, Entry)>> {
+        let mut found: std::collections::BTreeMap<DatasetName, Entry> = Default::default();
         for e in fs::read_dir(&self.root).at(&self.root)?.flatten() {
             let file_name = e.file_name().to_string_lossy().into_owned();
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 if let Ok(name) = DatasetName::parse(&file_name) {
-                    found.entry(name).or_default().0 = true;
+                    found.entry(name).or_default().has_archive = true;
                 }
             } else if ft.is_file() {
                 if let Ok(name) = DatasetName::from_input_file(&file_name) {
-                    found.entry(name).or_default().1 = true;
+                    found.entry(name).or_default().has_input = true;
                 }
             } else if ft.is_symlink() {
                 log::warn!("ignoring symlink {} in the store", e.path().display());
             }
         }
-        Ok(found.into_iter().map(|(n, (a, i))| (n, a, i)).collect())
+        if let Ok(entries) = fs::read_dir(self.jobs_dir()) {
+            for e in entries.flatten() {
+                let file_name = e.file_name().to_string_lossy().into_owned();
+                let name = file_name.strip_suffix(".json").map(DatasetName::parse);
+                if let Some(Ok(name)) = name {
+                    found.entry(name).or_default().has_job = true;
+                }
+            }
+        }
+        Ok(found.into_iter().collect())
     }
 
     pub fn open_archive(&self, name: &DatasetName) -> Result<Archive> {
@@ -177,6 +271,13 @@ impl Store {
             Err(e) => return Err(Error::io(&input, e)),
         }
         self.clear_failure(name);
+        self.remove_job(name);
         Ok(())
     }
+}
+
+/// The dataset a temporary directory (`.NAME.scdl-tmp.PID.N`) belongs to.
+fn temp_owner(file: &str) -> Option<DatasetName> {
+    let (name, _) = file.strip_prefix('.')?.split_once(".scdl-tmp.")?;
+    DatasetName::parse(name).ok()
 }
