@@ -373,6 +373,19 @@ impl Leases {
     }
 }
 
+impl Leases {
+    /// At daemon exit: gives up every lease still held (its work is abandoned; whoever takes
+    /// the lease next cleans up after it) and removes this daemon's clock file. Needed because
+    /// threads still hold `Arc`s when the process exits, so `Drop` would not run.
+    pub fn close(&self) {
+        let held: Vec<DatasetName> = self.held.lock().expect("leases").keys().cloned().collect();
+        for name in held {
+            self.release(&name);
+        }
+        let _ = fs::remove_file(&self.clock);
+    }
+}
+
 impl Drop for Leases {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.clock);

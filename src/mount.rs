@@ -170,6 +170,7 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     sd_notify("STOPPING=1");
     ns.shutdown();
     drop(workers); // conversions in flight are abandoned; the next start cleans their temp files
+    ns.store().leases().close();
     served
 }
 

@@ -269,6 +269,13 @@ impl Dataset {
         )
     }
 
+    /// Serves `archive` as this dataset, with its progress complete.
+    fn set_ready(&self, archive: Archive) {
+        self.rows_total.store(archive.num_rows, Ordering::Relaxed);
+        self.rows_done.store(archive.num_rows, Ordering::Relaxed);
+        self.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+    }
+
     fn keep_lease(&self, lease: Lease) {
         *self.lease.lock().expect("lease") = Some(lease);
     }
@@ -599,26 +606,22 @@ impl Namespace {
     fn settle(&self, ds: &Arc<Dataset>, entry: &crate::store::Entry) {
         let name = &ds.name;
         if entry.has_archive {
-            let state = match self.store.open_archive(name) {
-                Ok(a) => State::Ready(Arc::new(ReadyDataset::new(a))),
+            match self.store.open_archive(name) {
+                Ok(a) => {
+                    ds.set_ready(a);
+                    if entry.has_job {
+                        self.store.remove_job(name); // published just before a crash
+                    }
+                }
                 Err(e) if self.store.leases().holder(name).is_some() => {
                     // Being deleted or published by another daemon right now: look again later.
                     log::debug!("{name}: not readable yet: {e}");
-                    return;
                 }
                 Err(e) => {
                     log::error!("{name}: cannot serve: {e}");
-                    State::Failed(e.to_string())
-                }
-            };
-            if let State::Ready(r) = &state {
-                ds.rows_total.store(r.archive.num_rows, Ordering::Relaxed);
-                ds.rows_done.store(r.archive.num_rows, Ordering::Relaxed);
-                if entry.has_job {
-                    self.store.remove_job(name); // published just before a crash
+                    ds.set_state(State::Failed(e.to_string()));
                 }
             }
-            ds.set_state(state);
         } else if entry.has_job {
             match self.store.job(name) {
                 Some(ConcatJob { error: Some(e), .. }) => ds.set_state(State::Failed(e)),
@@ -756,7 +759,7 @@ impl Namespace {
             Ok(archive) => {
                 log::info!("{}: concatenated ({} rows)", target.name, archive.num_rows);
                 self.store.remove_job(&target.name);
-                target.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+                target.set_ready(archive);
                 self.record(command, &Ok(format!("{} ready", target.name)));
             }
             Err(e) if self.shutting_down.load(Ordering::SeqCst) => {
@@ -823,7 +826,7 @@ impl Namespace {
             Ok(archive) => {
                 log::info!("{}: ready ({} rows)", ds.name, archive.num_rows);
                 self.store.clear_failure(&ds.name);
-                ds.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+                ds.set_ready(archive);
             }
             Err(e)
                 if matches!(e, crate::Error::Interrupted(_))

@@ -8,39 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, fixtures, python, repo, scdl, stderr};
+use common::{bin, daemons, fixtures, is_mounted, python, repo, scdl, stderr};
 
 struct Mounted {
     _dirs: tempfile::TempDir,
     mnt: PathBuf,
     store: PathBuf,
-}
-
-fn is_mounted(mnt: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = mnt.to_string_lossy().to_string();
-    text.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
-/// Pids of daemons serving `mnt`.
-fn daemons(mnt: &Path) -> Vec<i32> {
-    let want = mnt.to_string_lossy().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let args: Vec<String> = c
-                        .split(|&b| b == 0)
-                        .map(|a| String::from_utf8_lossy(a).into_owned())
-                        .collect();
-                    args.iter().any(|a| a == "mount") && args.contains(&want)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 impl Mounted {
