@@ -196,6 +196,21 @@ impl Drop for Cleanup {
     }
 }
 
+/// Warnings, errors and panics the daemon logged (STORE/.scdl-fs/daemon.log) after byte
+/// `from`; at the default log level a healthy daemon logs nothing.
+fn log_problems(store: &Path, from: usize) -> Vec<String> {
+    let log = std::fs::read(store.join(".scdl-fs/daemon.log")).unwrap_or_default();
+    String::from_utf8_lossy(&log[from.min(log.len())..])
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn log_len(store: &Path) -> usize {
+    std::fs::metadata(store.join(".scdl-fs/daemon.log")).map_or(0, |m| m.len() as usize)
+}
+
 /// Nearest-rank percentile of sorted values.
 fn pct(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -477,8 +492,8 @@ fn readers_stay_correct_under_load_and_memory_stays_flat() {
     );
     let max_sample = samples.iter().map(|s| s.1).max().unwrap_or(0);
     println!(
-        "soak: daemon RSS MiB: before readers {:.1}, after warm-up {:.1}, after conversion+concat \
-         {:.1}, end {:.1}, max sampled {:.1} ({} samples)",
+        "soak: daemon RSS MiB: before readers {:.1}, after warm-up {:.1}, after conversion, concat \
+         and their read_checks {:.1}, end {:.1}, max sampled {:.1} ({} samples)",
         rss_start as f64 / 1024.0,
         rss_warm as f64 / 1024.0,
         rss_after_ops as f64 / 1024.0,
@@ -535,9 +550,11 @@ fn readers_stay_correct_under_load_and_memory_stays_flat() {
             "{name}: descriptors before {fds_before:?}, after {fds_after:?}"
         );
     }
-    // The daemon survived and stops cleanly.
+    // The daemon survived, logged no warning, and stops cleanly.
     assert_eq!(daemons(&mnt), vec![pid]);
     unmount(&mnt, false);
+    let logged = log_problems(&store, 0);
+    assert!(logged.is_empty(), "daemon.log: {logged:#?}");
 }
 
 /// Parses a version 1.0 little-endian float32 1-D .npy.
@@ -596,6 +613,7 @@ fn mount_unmount_cycles_leave_nothing_behind() {
     let before = snapshot(&store, &skip);
     assert!(before.contains_key("a/data.npy"), "{:?}", before.keys());
     let self_fds = fds("self").len();
+    let log_from = log_len(&store);
 
     let (mut mount_us, mut unmount_us) = (Vec::new(), Vec::new());
     for i in 0..cycles {
@@ -637,6 +655,8 @@ fn mount_unmount_cycles_leave_nothing_behind() {
         0,
         "the mountpoint is an empty directory again"
     );
+    let logged = log_problems(&store, log_from);
+    assert!(logged.is_empty(), "daemon.log: {logged:#?}");
     assert_eq!(
         fds("self").len(),
         self_fds,
