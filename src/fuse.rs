@@ -58,7 +58,7 @@ impl ScdlFs {
             perm: a.perm,
             nlink,
             uid: self.uid,
-            gid: self.gid,
+            gid: a.group.unwrap_or(self.gid),
             rdev: 0,
             blksize: 1 << 20,
             flags: 0,

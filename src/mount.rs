@@ -20,6 +20,8 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub store: PathBuf,
     pub allow_other: bool,
+    /// Group (gid) whose members may write: drop files, remove inputs, write `.control`.
+    pub writers: Option<u32>,
     pub threads: usize,
     pub workers: usize,
     pub convert: ConvertOptions,
@@ -116,6 +118,7 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
             workers: opts.workers,
             converter: crate::isolate::own_executable(),
             limits: crate::isolate::Limits::default(),
+            writers: opts.writers,
         },
     );
     let workers = ns.start_workers();

@@ -62,6 +62,9 @@ pub struct Attr {
     pub kind: NodeType,
     pub size: u64,
     pub perm: u16,
+    /// The owning group when it is not the daemon's: the writers group (`--writers`) on the
+    /// nodes it may write (the root, `.control`, uploads).
+    pub group: Option<u32>,
     pub mtime: SystemTime,
     /// How long the kernel may cache this node's attributes and name.
     pub ttl: Duration,
@@ -431,6 +434,9 @@ pub struct NamespaceOptions {
     /// converts in-process (tests of the namespace alone).
     pub converter: Option<PathBuf>,
     pub limits: crate::isolate::Limits,
+    /// A group whose members may drop files, remove inputs and write `.control` (with
+    /// `--allow-other`); otherwise only the mounting user may.
+    pub writers: Option<u32>,
 }
 
 pub struct Namespace {
@@ -1058,6 +1064,7 @@ impl Namespace {
             kind: NodeType::Dir,
             size: 0,
             perm,
+            group: None,
             mtime,
             ttl,
         };
@@ -1066,19 +1073,29 @@ impl Namespace {
             kind: NodeType::File,
             size,
             perm,
+            group: None,
             mtime,
             ttl,
         };
+        // The kernel checks these modes (default_permissions): who may write is decided here.
+        let writable = |a: Attr| match self.options.writers {
+            Some(gid) => Attr {
+                perm: a.perm | 0o020,
+                group: Some(gid),
+                ..a
+            },
+            None => a,
+        };
         if ino_ == ROOT_INO {
-            return Ok(dir(0o755, self.started, SHORT_TTL));
+            return Ok(writable(dir(0o755, self.started, SHORT_TTL)));
         }
         if ino_ == CONTROL_INO {
-            return Ok(file(
+            return Ok(writable(file(
                 self.control_text().len() as u64,
                 0o644,
                 SystemTime::now(),
                 Duration::ZERO,
-            ));
+            )));
         }
         let (kind, id, index) = split(ino_).ok_or(FsError::NotFound)?;
         let ds = self.dataset_by_id(id)?;
@@ -1097,17 +1114,14 @@ impl Namespace {
                     self.store.input_path(&ds.name)
                 };
                 let m = std::fs::metadata(&path).map_err(|_| FsError::NotFound)?;
-                let perm = if matches!(ds.state(), State::Uploading) {
-                    0o644
-                } else {
-                    0o444
-                };
-                Ok(file(
+                let uploading = matches!(ds.state(), State::Uploading);
+                let a = file(
                     m.len(),
-                    perm,
+                    if uploading { 0o644 } else { 0o444 },
                     m.modified().unwrap_or(ds.since),
                     SHORT_TTL,
-                ))
+                );
+                Ok(if uploading { writable(a) } else { a })
             }
             _ => {
                 let r = ds.ready().ok_or(FsError::NotFound)?;

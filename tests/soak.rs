@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{dense_rows, fixtures, python, repo, scdl, stderr};
+use common::{
+    daemons, dense_rows, fixtures, is_mounted, processes_naming, python, repo, scdl, stderr,
+};
 
 /// Both tests measure a daemon (memory, descriptors, timings) and the process's own descriptors:
 /// they run one at a time.
@@ -35,44 +37,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
             .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
-}
-
-fn is_mounted(mnt: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = mnt.to_string_lossy().to_string();
-    text.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
-/// Live processes (not zombies) whose command line has an argument naming `path` or a path
-/// below it: daemons serving it, converters writing into it.
-fn processes_naming(path: &Path) -> Vec<i32> {
-    let want = path.to_string_lossy().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    c.split(|&b| b == 0)
-                        .map(String::from_utf8_lossy)
-                        .any(|a| a == want || a.starts_with(&format!("{want}/")))
-                })
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Pids of `scdl-fs mount` daemons serving `mnt`.
-fn daemons(mnt: &Path) -> Vec<i32> {
-    processes_naming(mnt)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|&b| b == 0).any(|a| a == b"mount"))
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 /// True while `pid` exists and is not a zombie.

@@ -148,21 +148,32 @@ pub fn is_mounted(mnt: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
-/// Pids of daemons serving `mnt`.
-pub fn daemons(mnt: &Path) -> Vec<i32> {
-    let want = mnt.to_string_lossy().to_string();
+/// Live processes (not zombies) whose command line has an argument naming `path` or a path
+/// below it: daemons serving it, converters writing into it.
+pub fn processes_naming(path: &Path) -> Vec<i32> {
+    let want = path.to_string_lossy().to_string();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| {
-                    let args: Vec<String> = c
-                        .split(|&b| b == 0)
-                        .map(|a| String::from_utf8_lossy(a).into_owned())
-                        .collect();
-                    args.iter().any(|a| a == "mount") && args.contains(&want)
+                    c.split(|&b| b == 0)
+                        .map(String::from_utf8_lossy)
+                        .any(|a| a == want || a.starts_with(&format!("{want}/")))
                 })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Pids of `scdl-fs mount` daemons serving `mnt`.
+pub fn daemons(mnt: &Path) -> Vec<i32> {
+    processes_naming(mnt)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|&b| b == 0).any(|a| a == b"mount"))
                 .unwrap_or(false)
         })
         .collect()
