@@ -71,20 +71,40 @@ fn detach(mnt: &Path) -> std::io::Result<()> {
 
 /// A FUSE mount whose daemon died leaves the mountpoint answering ENOTCONN: detach it.
 fn clear_stale_mount(mnt: &Path) -> Result<(), MountError> {
+    let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
     match std::fs::metadata(mnt) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(mountpoint_error(mnt, "not a directory")),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            log::warn!(
-                "{}: clearing a stale mount left by a dead daemon",
-                mnt.display()
-            );
-            detach(mnt).map_err(|e| {
-                mountpoint_error(mnt, format!("stale mount could not be cleared: {e}"))
-            })
-        }
-        Err(e) => Err(mountpoint_error(mnt, e.to_string())),
+        Ok(m) if !m.is_dir() => return Err(mountpoint_error(mnt, "not a directory")),
+        Ok(_) => {}
+        Err(e) if dead(&e) => return detach_stale(mnt),
+        Err(e) => return Err(mountpoint_error(mnt, e.to_string())),
     }
+    // Within a second of the daemon's death the kernel may still answer stat from its attribute
+    // cache; statfs is never cached, so it tells (a restart right after a crash needs this).
+    if is_mountpoint(mnt) && statfs(mnt).is_err_and(|e| dead(&e)) {
+        return detach_stale(mnt);
+    }
+    Ok(())
+}
+
+fn detach_stale(mnt: &Path) -> Result<(), MountError> {
+    log::warn!(
+        "{}: clearing a stale mount left by a dead daemon",
+        mnt.display()
+    );
+    detach(mnt).map_err(|e| mountpoint_error(mnt, format!("stale mount could not be cleared: {e}")))
+}
+
+fn statfs(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `buf` a writable statfs; both outlive the
+    // call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn is_mountpoint(mnt: &Path) -> bool {

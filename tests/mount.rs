@@ -465,9 +465,9 @@ fn foreground_daemon_notifies_systemd_when_live() {
     assert!(!is_mounted(&mnt));
 }
 
-/// kill -9 at random moments while conversions run: after each restart on the same store,
-/// nothing partial is ever served, no temporary files remain, every input is still there, and
-/// every interrupted conversion completes (checked against the source).
+/// kill -9 at random moments while conversions and concats run: after each restart on the same
+/// store, nothing partial is ever served, no temporary files remain, every input is still there,
+/// and every interrupted conversion and concat completes (checked against the source).
 #[test]
 fn killed_at_random_moments_nothing_partial_is_served() {
     let dirs = tempfile::tempdir().unwrap();
@@ -483,14 +483,33 @@ fn killed_at_random_moments_nothing_partial_is_served() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mount = || {
+        // Two workers: the round's concat runs beside its conversion, so kills land in both.
         let o = scdl(&[
             "mount",
             mnt.to_str().unwrap(),
             "--store",
             store.to_str().unwrap(),
+            "--conversions",
+            "2",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
     };
+    // Two ready datasets for the concats that each round starts beside a conversion.
+    mount();
+    for base in ["base1", "base2"] {
+        std::fs::copy(&big, mnt.join(format!("{base}.h5ad"))).unwrap();
+    }
+    for base in ["base1", "base2"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(mnt.join(base).join("status.json"))
+            .is_ok_and(|s| s.contains("\"ready\""))
+        {
+            assert!(Instant::now() < deadline, "{base} not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let o = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "umount: {}", stderr(&o));
     let mut seed = 0x5eed_u64;
     let mut next = || {
         seed ^= seed << 13;
@@ -502,6 +521,11 @@ fn killed_at_random_moments_nothing_partial_is_served() {
         mount();
         let name = format!("d{round}");
         std::fs::copy(&big, mnt.join(format!("{name}.h5ad"))).unwrap();
+        std::fs::write(
+            mnt.join(".control"),
+            format!("concat c{round} base1 base2\n"),
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(next() % 400));
         for pid in daemons(&mnt) {
             Command::new("kill")
@@ -535,18 +559,28 @@ fn killed_at_random_moments_nothing_partial_is_served() {
             std::fs::read(&big).unwrap(),
             "{name}: the dropped input is intact"
         );
-        loop {
-            let st: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(mnt.join(&name).join("status.json")).unwrap(),
-            )
-            .unwrap();
-            if st["state"] == "ready" {
-                break;
+        for name in [name.clone(), format!("c{round}")] {
+            loop {
+                let st: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(mnt.join(&name).join("status.json")).unwrap(),
+                )
+                .unwrap();
+                if st["state"] == "ready" {
+                    break;
+                }
+                assert!(st["state"] != "failed", "{name}: {st}");
+                assert!(Instant::now() < deadline, "{name} never finished: {st}");
+                std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(st["state"] != "failed", "{name}: {st}");
-            assert!(Instant::now() < deadline, "{name} never finished: {st}");
-            std::thread::sleep(Duration::from_millis(100));
         }
+        let o = scdl(&[
+            "info",
+            mnt.join(format!("c{round}")).to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(info["rows"], 80000, "c{round}: {info}");
     }
     let leftovers: Vec<String> = std::fs::read_dir(&store)
         .unwrap()
@@ -562,6 +596,8 @@ fn killed_at_random_moments_nothing_partial_is_served() {
         .args(["--samples", "50"])
         .output()
         .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = common::verify(&store.join("c5"), &[&big, &big], &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     Command::new("umount").arg(&mnt).status().unwrap();
 }
