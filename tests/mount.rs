@@ -69,18 +69,7 @@ impl Mounted {
     }
 
     fn read_check(&self, name: &str, sources: &[&Path], extra: &[&str]) {
-        let mut cmd = Command::new(python());
-        cmd.arg(repo().join("tests/mount/read_check.py"))
-            .arg(&self.mnt)
-            .arg(name);
-        cmd.args(sources).args(extra);
-        let o = cmd.output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "read_check {name} failed:\n{text}");
+        common::read_check(&self.mnt, name, sources, extra);
     }
 
     fn unmount(&self) {
@@ -90,12 +79,7 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        for pid in daemons(&self.mnt) {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        common::unmount_and_kill(&self.mnt);
     }
 }
 
@@ -473,15 +457,7 @@ fn killed_at_random_moments_nothing_partial_is_served() {
     let dirs = tempfile::tempdir().unwrap();
     let (store, mnt) = (dirs.path().join("store"), dirs.path().join("mnt"));
     std::fs::create_dir(&mnt).unwrap();
-    // A file that takes a noticeable time to convert (~8 M values).
-    let big = dirs.path().join("big.h5ad");
-    let o = Command::new(python())
-        .arg(repo().join("bench/make_h5ad.py"))
-        .arg(&big)
-        .args(["--rows", "40000", "--cols", "2000", "--density", "0.1"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let big = common::big_input(dirs.path());
     let mount = || {
         // Two workers: the round's concat runs beside its conversion, so kills land in both.
         let o = scdl(&[

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, daemons, fixtures, is_mounted, python, repo, scdl, stderr};
+use common::{bin, daemons, fixtures, is_mounted, scdl, stderr};
 
 /// One daemon mounted at `mnt` over a shared store; unmounted and killed on drop.
 struct Node {
@@ -78,12 +78,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        for pid in daemons(&self.mnt) {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        common::unmount_and_kill(&self.mnt);
     }
 }
 
@@ -117,24 +112,6 @@ fn conversions_started(store: &Path, name: &str) -> usize {
     log.lines().filter(|l| l.contains(&needle)).count()
 }
 
-fn read_check(mnt: &Path, name: &str, source: &Path) {
-    let o = Command::new(python())
-        .arg(repo().join("tests/mount/read_check.py"))
-        .arg(mnt)
-        .arg(name)
-        .arg(source)
-        .args(["--samples", "60"])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "read_check {name} on {}: {}{}",
-        mnt.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn no_leftovers(store: &Path) {
     let temps: Vec<String> = std::fs::read_dir(store)
         .unwrap()
@@ -146,19 +123,6 @@ fn no_leftovers(store: &Path) {
         .unwrap()
         .count();
     assert_eq!(uploads, 0, "unfinished uploads left");
-}
-
-/// A file that takes about a second to convert (~8 M values).
-fn big_input(dir: &Path) -> PathBuf {
-    let big = dir.join("big.h5ad");
-    let o = Command::new(python())
-        .arg(repo().join("bench/make_h5ad.py"))
-        .arg(&big)
-        .args(["--rows", "40000", "--cols", "2000", "--density", "0.1"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    big
 }
 
 #[test]
@@ -180,7 +144,7 @@ fn three_daemons_agree_and_convert_each_input_once() {
             std::fs::read(nodes[0].mnt.join("a/rows/7.npy")).unwrap()
         );
     }
-    read_check(&nodes[2].mnt, "a", &src);
+    common::read_check(&nodes[2].mnt, "a", &[&src], &["--samples", "60"]);
 
     // Inputs put straight into the store (as by hand, or by a node without a mount): every
     // daemon sees them at its next rescan, exactly one converts each.
@@ -237,22 +201,11 @@ fn two_drops_of_one_name_through_two_daemons_one_wins() {
     for round in 0..6 {
         let name = format!("same{round}");
         let file = format!("{name}.h5ad");
-        let (pa, pb) = (a.mnt.join(&file), b.mnt.join(&file));
-        let (ca, cb) = (fa.clone(), fb.clone());
-        let ta = std::thread::spawn(move || std::fs::copy(ca, pa));
-        let tb = std::thread::spawn(move || std::fs::copy(cb, pb));
-        let (ra, rb) = (ta.join().unwrap(), tb.join().unwrap());
-        let winner = match (&ra, &rb) {
-            (Ok(_), Err(e)) => {
-                assert!(refused(e), "round {round}: b's drop failed with {e}");
-                &fa
-            }
-            (Err(e), Ok(_)) => {
-                assert!(refused(e), "round {round}: a's drop failed with {e}");
-                &fb
-            }
-            _ => panic!("round {round}: exactly one drop must win: {ra:?} {rb:?}"),
-        };
+        let (winner, e) = common::race_drops(&a.mnt, &b.mnt, &file, &fa, &fb);
+        assert!(
+            common::refused_drop(&e),
+            "round {round}: the loser failed with {e}"
+        );
         // The store holds the winner's bytes, and both daemons serve its conversion.
         a.wait_state(&name, "ready", 60);
         b.wait_state(&name, "ready", 60);
@@ -260,26 +213,17 @@ fn two_drops_of_one_name_through_two_daemons_one_wins() {
             std::fs::read(store.join(&file)).unwrap(),
             std::fs::read(winner).unwrap()
         );
-        read_check(&b.mnt, &name, winner);
+        common::read_check(&b.mnt, &name, &[winner], &["--samples", "60"]);
         assert_eq!(conversions_started(&store, &name), 1);
     }
     no_leftovers(&store);
-}
-
-/// The loser of a race for a name: EEXIST when it asked while the winner held the name, or a
-/// permission error when the winner's file was already published (read-only) by then.
-fn refused(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EEXIST) | Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
-    )
 }
 
 #[test]
 fn a_dead_daemons_conversion_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let big = big_input(dir.path());
+    let big = common::big_input(dir.path());
     let a = Node::start(dir.path(), "a", &store, &[]);
     let b = Node::start(dir.path(), "b", &store, &[]);
     std::fs::copy(&big, a.mnt.join("big.h5ad")).unwrap();
@@ -288,7 +232,7 @@ fn a_dead_daemons_conversion_is_taken_over() {
     signal(a.pid(), "-KILL"); // its conversion worker dies with it (PR_SET_PDEATHSIG)
     let st = b.wait_state("big", "ready", 90);
     assert_eq!(st["rows_total"], 40000);
-    read_check(&b.mnt, "big", &big);
+    common::read_check(&b.mnt, "big", &[&big], &["--samples", "60"]);
     assert_eq!(
         std::fs::read(store.join("big.h5ad")).unwrap(),
         std::fs::read(&big).unwrap()
@@ -300,7 +244,7 @@ fn a_dead_daemons_conversion_is_taken_over() {
 fn a_silent_daemons_lease_is_taken_over_and_it_does_not_corrupt_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let big = big_input(dir.path());
+    let big = common::big_input(dir.path());
     let fast = [("SCDL_FS_LEASE_STALE_SECS", "2")];
     let a = Node::start(dir.path(), "a", &store, &fast);
     let b = Node::start(dir.path(), "b", &store, &fast);
@@ -319,8 +263,8 @@ fn a_silent_daemons_lease_is_taken_over_and_it_does_not_corrupt_the_result() {
     }
     a.wait_state("big", "ready", 60);
     std::thread::sleep(Duration::from_secs(1));
-    read_check(&a.mnt, "big", &big);
-    read_check(&b.mnt, "big", &big);
+    common::read_check(&a.mnt, "big", &[&big], &["--samples", "60"]);
+    common::read_check(&b.mnt, "big", &[&big], &["--samples", "60"]);
     let o = scdl(&["info", store.join("big").to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(

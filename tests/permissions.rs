@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{daemons, fixtures, is_mounted, scdl, stderr};
+use common::{fixtures, scdl, stderr};
 
 const NOBODY: &str = "65534";
 const WRITERS_GID: &str = "4242";
@@ -30,15 +30,7 @@ impl Mount {
         let root = dir.path().to_path_buf();
         let (mnt, store) = (root.join("mnt"), root.join("store"));
         std::fs::create_dir(&mnt).unwrap();
-        let mut args = vec![
-            "mount",
-            mnt.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let o = scdl(&args);
-        assert!(o.status.success(), "mount: {}", stderr(&o));
+        common::mount(&mnt, &store, extra);
         let src = root.join("source.h5ad");
         std::fs::copy(fixtures().join("csr_f32.h5ad"), &src).unwrap();
         std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -76,12 +68,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        for pid in daemons(&self.mnt) {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        common::unmount_and_kill(&self.mnt);
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, fixtures, is_mounted, python, repo};
+use common::{bin, fixtures, is_mounted};
 
 /// A loopback sshd and the sshfs mounts made through it; all torn down on drop.
 struct Sshd {
@@ -159,23 +159,6 @@ impl Drop for Daemon {
     }
 }
 
-fn read_check(mnt: &Path, name: &str, source: &Path) {
-    let o = Command::new(python())
-        .arg(repo().join("tests/mount/read_check.py"))
-        .arg(mnt)
-        .arg(name)
-        .arg(source)
-        .args(["--samples", "40"])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "read_check {name}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 #[test]
 fn two_daemons_over_sshfs_agree_and_convert_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,7 +178,7 @@ fn two_daemons_over_sshfs_agree_and_convert_once() {
     std::fs::copy(&src, a.mnt.join("big.h5ad")).unwrap();
     a.wait_ready("big");
     b.wait_ready("big");
-    read_check(&b.mnt, "big", &src);
+    common::read_check(&b.mnt, "big", &[&src], &["--samples", "40"]);
 
     // Inputs put into the shared store through one node's sshfs mount: each converted once.
     let names = ["n0", "n1", "n2", "n3"];
@@ -225,16 +208,11 @@ fn two_daemons_over_sshfs_agree_and_convert_once() {
     );
     for round in 0..3 {
         let file = format!("race{round}.h5ad");
-        let (pa, pb) = (a.mnt.join(&file), b.mnt.join(&file));
-        let (ca, cb) = (fa.clone(), fb.clone());
-        let ta = std::thread::spawn(move || std::fs::copy(ca, pa));
-        let tb = std::thread::spawn(move || std::fs::copy(cb, pb));
-        let (ra, rb) = (ta.join().unwrap(), tb.join().unwrap());
-        let winner = match (&ra, &rb) {
-            (Ok(_), Err(_)) => &fa,
-            (Err(_), Ok(_)) => &fb,
-            _ => panic!("round {round}: exactly one drop must win: {ra:?} {rb:?}"),
-        };
+        let (winner, e) = common::race_drops(&a.mnt, &b.mnt, &file, &fa, &fb);
+        assert!(
+            common::refused_drop(&e),
+            "round {round}: the loser failed with {e}"
+        );
         let name = format!("race{round}");
         a.wait_ready(&name);
         b.wait_ready(&name);

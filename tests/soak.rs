@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{
-    daemons, dense_rows, fixtures, is_mounted, processes_naming, python, repo, scdl, stderr,
-};
+use common::{daemons, dense_rows, fixtures, is_mounted, processes_naming, python, repo};
 
 /// Both tests measure a daemon (memory, descriptors, timings) and the process's own descriptors:
 /// they run one at a time.
@@ -109,16 +107,6 @@ fn wait_ready(mnt: &Path, name: &str, limit: Duration) -> Duration {
     }
 }
 
-fn mount(mnt: &Path, store: &Path) {
-    let o = scdl(&[
-        "mount",
-        mnt.to_str().unwrap(),
-        "--store",
-        store.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "mount failed: {}", stderr(&o));
-}
-
 /// Unmounts with umount(8) or SIGTERM to the daemon; waits until the mount is gone and the
 /// daemon has exited (10 s at most).
 fn unmount(mnt: &Path, sigterm: bool) {
@@ -200,23 +188,6 @@ fn make_h5ad(out: &Path, rows: u32, cols: u32, density: f64) -> std::process::Ch
         .unwrap()
 }
 
-fn read_check(mnt: &Path, name: &str, sources: &[&Path]) {
-    let o = Command::new(python())
-        .arg(repo().join("tests/mount/read_check.py"))
-        .arg(mnt)
-        .arg(name)
-        .args(sources)
-        .args(["--samples", "50"])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "read_check {name}:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// Daemon RSS growth allowed from the end of the warm-up to the end of the run, in KiB, besides
 /// the range table (below). No per-read state is kept (row inodes are computed, archives are read
 /// with pread, rendered .npz buffers are freed at release), but glibc keeps freed memory: once a
@@ -263,7 +234,7 @@ fn readers_stay_correct_under_load_and_memory_stays_flat() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 
-    mount(&mnt, &store);
+    common::mount(&mnt, &store, &[]);
     std::fs::copy(&big, mnt.join("big.h5ad")).unwrap();
     std::fs::copy(&small, mnt.join("small.h5ad")).unwrap();
     wait_ready(&mnt, "big", Duration::from_secs(120));
@@ -345,8 +316,8 @@ fn readers_stay_correct_under_load_and_memory_stays_flat() {
     wait_ready(&mnt, "cat", Duration::from_secs(120));
     let cat_ready_at = t_ops.elapsed();
     let ops_done_in_window = t_read.elapsed().as_secs_f64() < secs;
-    read_check(&mnt, "conv", &[&conv]);
-    read_check(&mnt, "cat", &[&big, &small]);
+    common::read_check(&mnt, "conv", &[&conv], &["--samples", "50"]);
+    common::read_check(&mnt, "cat", &[&big, &small], &["--samples", "50"]);
     let rss_after_ops = rss_kib(pid);
     let after_ops_at = t_read.elapsed();
 
@@ -568,7 +539,7 @@ fn mount_unmount_cycles_leave_nothing_behind() {
     let want = dense_rows(&source);
 
     // A store holding one ready dataset.
-    mount(&mnt, &store);
+    common::mount(&mnt, &store, &[]);
     std::fs::copy(&source, mnt.join("a.h5ad")).unwrap();
     wait_ready(&mnt, "a", Duration::from_secs(60));
     unmount(&mnt, false);
@@ -582,7 +553,7 @@ fn mount_unmount_cycles_leave_nothing_behind() {
     let (mut mount_us, mut unmount_us) = (Vec::new(), Vec::new());
     for i in 0..cycles {
         let t0 = Instant::now();
-        mount(&mnt, &store); // returns once the mount is live
+        common::mount(&mnt, &store, &[]); // returns once the mount is live
         mount_us.push(t0.elapsed().as_micros() as u64);
         assert!(is_mounted(&mnt), "cycle {i}: not mounted");
         assert_eq!(status(&mnt, "a")["state"], "ready", "cycle {i}");
