@@ -4,7 +4,8 @@
 #   scripts/test-env.sh            -> last line of stdout: path of the venv's python; everything else on stderr
 #
 # What it sets up:
-#   system packages (Debian): libhdf5-dev pkg-config fuse3 (+ python3-venv if `python3 -m venv` fails)
+#   system packages (Debian): libhdf5-dev pkg-config fuse3, openssh-server openssh-client sshfs (the shared-storage
+#         test runs a loopback sshd), + python3-venv if `python3 -m venv` fails
 #   venv  ${SCDL_FS_TEST_VENV:-$HOME/.cache/scdl-fs/test-venv}   pinned anndata/h5py/numpy/scipy/pandas/pyarrow,
 #         pytest, and the small runtime deps of bionemo-scdl 0.1.3
 #   <venv>/bionemo-0.0.5, <venv>/bionemo-0.1.3   each bionemo-scdl installed with --no-deps --target, so the two
@@ -20,7 +21,7 @@ STUB="$ROOT/tests/oracle/torch_stub"
 PKGS=(anndata==0.12.19 h5py==3.16.0 numpy==2.4.6 scipy==1.17.1 pandas==2.3.3 pyarrow==26.0.1 pytest
       pydantic==2.14.3 email-validator==2.4.0 tqdm==4.70.1 pooch==1.9.0 psutil==7.2.2 PyYAML==6.0.3 platformdirs==4.14.7)
 BIONEMO_VERSIONS=(0.0.5 0.1.3)
-SYS_PKGS=(libhdf5-dev pkg-config fuse3)
+SYS_PKGS=(libhdf5-dev pkg-config fuse3 openssh-server openssh-client sshfs)
 
 log() { echo "test-env: $*" >&2; }
 

@@ -58,7 +58,7 @@ impl ScdlFs {
             perm: a.perm,
             nlink,
             uid: self.uid,
-            gid: self.gid,
+            gid: a.group.unwrap_or(self.gid),
             rdev: 0,
             blksize: 1 << 20,
             flags: 0,
@@ -210,8 +210,9 @@ impl Filesystem for ScdlFs {
                         .lock()
                         .expect("backing")
                         .insert(o.fh, ino.0);
-                    // The page cache belongs to the backing file: no cache flags here.
-                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
+                    // The page cache belongs to the backing file: no cache flags here; and
+                    // nothing happens at close, so no FLUSH either.
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id);
                     return;
                 }
                 Err(e) => log::debug!("passthrough refused ({e}); serving through the daemon"),

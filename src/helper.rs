@@ -103,7 +103,9 @@ pub fn mount_args(args: &[OsString]) -> Result<Vec<OsString>, String> {
         };
         match (key, value) {
             ("allow_other", None) => out.push("--allow-other".into()),
-            ("threads" | "conversions" | "data_dtype" | "matrix", Some(v)) if !v.is_empty() => {
+            ("threads" | "conversions" | "data_dtype" | "matrix" | "writers", Some(v))
+                if !v.is_empty() =>
+            {
                 out.push(format!("--{}", key.replace('_', "-")).into());
                 out.push(v.into());
             }
@@ -127,7 +129,7 @@ mod tests {
             "/var/lib/scdl-fs",
             "/mnt/scdl",
             "-o",
-            "rw,allow_other,_netdev,nofail,x-systemd.automount,threads=8",
+            "rw,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab",
         ]))
         .unwrap();
         assert_eq!(
@@ -139,7 +141,9 @@ mod tests {
                 "/var/lib/scdl-fs",
                 "--allow-other",
                 "--threads",
-                "8"
+                "8",
+                "--writers",
+                "lab"
             ])
         );
     }

@@ -26,6 +26,7 @@ pub mod fuse;
 pub mod h5ad;
 pub mod helper;
 pub mod isolate;
+pub mod lease;
 pub mod mount;
 pub mod names;
 pub mod namespace;

@@ -69,6 +69,10 @@ enum Command {
         /// Let other users read through the mount.
         #[arg(long)]
         allow_other: bool,
+        /// With --allow-other: a group (name or gid) whose members may also drop files, remove
+        /// inputs and write .control (otherwise only the mounting user may).
+        #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+        writers: Option<u32>,
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
@@ -162,6 +166,22 @@ fn mount(
     })
 }
 
+/// A group given by name or number, as its gid.
+fn parse_group(s: &str) -> Result<u32, String> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(s).map_err(|_| format!("bad group name {s:?}"))?;
+    // SAFETY: `name` is a valid C string; getgrnam returns null or a pointer to a static entry,
+    // read at once (the CLI is single-threaded while parsing its arguments).
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(format!("no group named {s:?}"));
+    }
+    // SAFETY: non-null, so it points to a valid group entry.
+    Ok(unsafe { (*entry).gr_gid })
+}
+
 /// One line on stderr describing a new archive.
 fn report(path: &std::path::Path, rows: u64, nnz: u64, dtype: scdl_fs::dtype::Dtype) {
     eprintln!("{}: {rows} rows, {nnz} values ({dtype})", path.display());
@@ -177,6 +197,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             store,
             foreground,
             allow_other,
+            writers,
             threads,
             conversions,
             data_dtype,
@@ -186,6 +207,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 mountpoint: mountpoint.clone(),
                 store: PathBuf::new(),
                 allow_other,
+                writers,
                 threads,
                 workers: conversions,
                 convert: ConvertOptions {

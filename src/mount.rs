@@ -20,6 +20,8 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub store: PathBuf,
     pub allow_other: bool,
+    /// Group (gid) whose members may write: drop files, remove inputs, write `.control`.
+    pub writers: Option<u32>,
     pub threads: usize,
     pub workers: usize,
     pub convert: ConvertOptions,
@@ -69,20 +71,40 @@ fn detach(mnt: &Path) -> std::io::Result<()> {
 
 /// A FUSE mount whose daemon died leaves the mountpoint answering ENOTCONN: detach it.
 fn clear_stale_mount(mnt: &Path) -> Result<(), MountError> {
+    let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
     match std::fs::metadata(mnt) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(mountpoint_error(mnt, "not a directory")),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            log::warn!(
-                "{}: clearing a stale mount left by a dead daemon",
-                mnt.display()
-            );
-            detach(mnt).map_err(|e| {
-                mountpoint_error(mnt, format!("stale mount could not be cleared: {e}"))
-            })
-        }
-        Err(e) => Err(mountpoint_error(mnt, e.to_string())),
+        Ok(m) if !m.is_dir() => return Err(mountpoint_error(mnt, "not a directory")),
+        Ok(_) => {}
+        Err(e) if dead(&e) => return detach_stale(mnt),
+        Err(e) => return Err(mountpoint_error(mnt, e.to_string())),
     }
+    // Within a second of the daemon's death the kernel may still answer stat from its attribute
+    // cache; statfs is never cached, so it tells (a restart right after a crash needs this).
+    if is_mountpoint(mnt) && statfs(mnt).is_err_and(|e| dead(&e)) {
+        return detach_stale(mnt);
+    }
+    Ok(())
+}
+
+fn detach_stale(mnt: &Path) -> Result<(), MountError> {
+    log::warn!(
+        "{}: clearing a stale mount left by a dead daemon",
+        mnt.display()
+    );
+    detach(mnt).map_err(|e| mountpoint_error(mnt, format!("stale mount could not be cleared: {e}")))
+}
+
+fn statfs(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `buf` a writable statfs; both outlive the
+    // call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn is_mountpoint(mnt: &Path) -> bool {
@@ -116,6 +138,7 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
             workers: opts.workers,
             converter: crate::isolate::own_executable(),
             limits: crate::isolate::Limits::default(),
+            writers: opts.writers,
         },
     );
     let workers = ns.start_workers();
@@ -170,6 +193,7 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     sd_notify("STOPPING=1");
     ns.shutdown();
     drop(workers); // conversions in flight are abandoned; the next start cleans their temp files
+    ns.store().leases().close();
     served
 }
 

@@ -26,9 +26,10 @@ use std::time::{Duration, SystemTime};
 
 use crate::archive::{Archive, FileNames};
 use crate::convert::{self, ConvertOptions, Progress};
+use crate::lease::{Claim, Holder, Lease};
 use crate::names::DatasetName;
 use crate::render::{self, RowSpan};
-use crate::store::Store;
+use crate::store::{ConcatJob, Store};
 
 /// What went wrong, as the kernel will be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,9 @@ pub struct Attr {
     pub kind: NodeType,
     pub size: u64,
     pub perm: u16,
+    /// The owning group when it is not the daemon's: the writers group (`--writers`) on the
+    /// nodes it may write (the root, `.control`, uploads).
+    pub group: Option<u32>,
     pub mtime: SystemTime,
     /// How long the kernel may cache this node's attributes and name.
     pub ttl: Duration,
@@ -173,6 +177,8 @@ enum State {
     Uploading,
     Queued,
     Converting,
+    /// Being converted or concatenated by another daemon over the same store.
+    Remote(Holder),
     Ready(Arc<ReadyDataset>),
     Failed(String),
 }
@@ -182,7 +188,7 @@ impl State {
         match self {
             State::Uploading => "uploading",
             State::Queued => "queued",
-            State::Converting => "converting",
+            State::Converting | State::Remote(_) => "converting",
             State::Ready(_) => "ready",
             State::Failed(_) => "failed",
         }
@@ -245,6 +251,8 @@ struct Dataset {
     /// An upload whose writer has closed a descriptor (FUSE flush) but not yet released the
     /// file: it is about to be published (see `Namespace::flush`).
     upload_flushed: AtomicBool,
+    /// NAME's store-wide lease while this daemon uploads, converts or concatenates it.
+    lease: Mutex<Option<Lease>>,
     since: SystemTime,
 }
 
@@ -255,6 +263,28 @@ impl Dataset {
 
     fn set_state(&self, s: State) {
         *self.state.lock().expect("state lock") = s;
+    }
+
+    fn busy(&self) -> bool {
+        matches!(
+            self.state(),
+            State::Uploading | State::Queued | State::Converting | State::Remote(_)
+        )
+    }
+
+    /// Serves `archive` as this dataset, with its progress complete.
+    fn set_ready(&self, archive: Archive) {
+        self.rows_total.store(archive.num_rows, Ordering::Relaxed);
+        self.rows_done.store(archive.num_rows, Ordering::Relaxed);
+        self.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+    }
+
+    fn keep_lease(&self, lease: Lease) {
+        *self.lease.lock().expect("lease") = Some(lease);
+    }
+
+    fn take_lease(&self) -> Option<Lease> {
+        self.lease.lock().expect("lease").take()
     }
 
     fn ready(&self) -> Option<Arc<ReadyDataset>> {
@@ -274,6 +304,9 @@ impl Dataset {
             "error": match &state { State::Failed(e) => Some(e.clone()), _ => None },
             "input": self.has_input.load(Ordering::Relaxed),
         });
+        if let State::Remote(h) = &state {
+            v["by"] = format!("{} (pid {})", h.host, h.pid).into();
+        }
         if let State::Ready(r) = &state {
             v["nnz"] = r.archive.nnz.into();
             v["data_dtype"] = r.archive.data_dtype.name().into();
@@ -322,6 +355,7 @@ impl Registry {
             rows_total: AtomicU64::new(0),
             has_input: AtomicBool::new(false),
             upload_flushed: AtomicBool::new(false),
+            lease: Mutex::new(None),
             since: SystemTime::now(),
         });
         self.by_name.insert(name, ds.clone());
@@ -383,7 +417,7 @@ enum Job {
     /// Concatenate ready datasets `sources` into `target` (created in state converting).
     Concat {
         target: Arc<Dataset>,
-        sources: Vec<DatasetName>,
+        sources: Vec<String>,
         command: String,
     },
 }
@@ -400,6 +434,9 @@ pub struct NamespaceOptions {
     /// converts in-process (tests of the namespace alone).
     pub converter: Option<PathBuf>,
     pub limits: crate::isolate::Limits,
+    /// A group whose members may drop files, remove inputs and write `.control` (with
+    /// `--allow-other`); otherwise only the mounting user may.
+    pub writers: Option<u32>,
 }
 
 pub struct Namespace {
@@ -494,9 +531,17 @@ impl Namespace {
         let rescanner = std::thread::Builder::new()
             .name("rescan".into())
             .spawn(move || {
+                // The heartbeat keeps this daemon's leases alive; it must beat well within the
+                // stale period, which may be shorter than the rescan interval.
+                let beat = ns.store.leases().heartbeat_interval().min(RESCAN_INTERVAL);
+                let mut last_scan = std::time::Instant::now();
                 while !ns.shutting_down.load(Ordering::SeqCst) {
-                    std::thread::sleep(RESCAN_INTERVAL);
-                    ns.rescan();
+                    std::thread::sleep(beat);
+                    ns.store.leases().heartbeat();
+                    if last_scan.elapsed() >= RESCAN_INTERVAL {
+                        last_scan = std::time::Instant::now();
+                        ns.rescan();
+                    }
                 }
             })
             .expect("spawn rescan");
@@ -520,18 +565,23 @@ impl Namespace {
         self.jobs_ready.notify_all();
     }
 
-    /// Registers datasets found in the store that the registry does not know yet, and forgets
-    /// those whose files disappeared (deleted by hand or by another daemon).
+    /// Registers datasets found in the store that the registry does not know yet, follows those
+    /// another daemon is working on, and forgets those whose files disappeared (deleted by hand
+    /// or by another daemon).
     pub fn rescan(&self) {
         let Ok(found) = self.store.scan() else { return };
         let mut reg = self.registry.write().expect("registry");
         let present: std::collections::HashSet<&DatasetName> =
-            found.iter().map(|(n, _, _)| n).collect();
+            found.iter().map(|(n, _)| n).collect();
         let gone: Vec<DatasetName> = reg
             .by_name
             .iter()
             .filter(|(n, ds)| {
-                !present.contains(n) && matches!(ds.state(), State::Ready(_) | State::Failed(_))
+                !present.contains(n)
+                    && matches!(
+                        ds.state(),
+                        State::Ready(_) | State::Failed(_) | State::Remote(_)
+                    )
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -543,36 +593,109 @@ impl Namespace {
             self.forget_names_later(n);
         }
         let mut reg = self.registry.write().expect("registry");
-        for (name, has_archive, has_input) in found {
+        for (name, entry) in found {
             if let Some(ds) = reg.by_name.get(&name) {
-                ds.has_input.store(has_input, Ordering::Relaxed);
+                ds.has_input.store(entry.has_input, Ordering::Relaxed);
+                if let State::Remote(_) = ds.state() {
+                    // Another daemon's work: follow its outcome, or redo it if that daemon died.
+                    let ds = ds.clone();
+                    self.settle(&ds, &entry);
+                }
                 continue;
             }
-            let state = if has_archive {
-                match self.store.open_archive(&name) {
-                    Ok(a) => State::Ready(Arc::new(ReadyDataset::new(a))),
-                    Err(e) => {
-                        log::error!("{name}: cannot serve: {e}");
-                        State::Failed(e.to_string())
+            let Some(ds) = reg.insert(name, State::Queued) else {
+                continue;
+            };
+            ds.has_input.store(entry.has_input, Ordering::Relaxed);
+            self.settle(&ds, &entry);
+        }
+    }
+
+    /// Sets the state of a dataset that no job of this daemon is working on from what the store
+    /// holds, and queues the work still to do (the job takes NAME's lease before doing it).
+    fn settle(&self, ds: &Arc<Dataset>, entry: &crate::store::Entry) {
+        let name = &ds.name;
+        if entry.has_archive {
+            match self.store.open_archive(name) {
+                Ok(a) => {
+                    ds.set_ready(a);
+                    if entry.has_job {
+                        self.store.remove_job(name); // published just before a crash
                     }
                 }
-            } else if let Some(err) = self.store.failure(&name) {
-                State::Failed(err)
-            } else {
-                State::Queued
-            };
-            let queued = matches!(state, State::Queued);
-            if let Some(ds) = reg.insert(name, state) {
-                if let State::Ready(r) = ds.state() {
-                    ds.rows_total.store(r.archive.num_rows, Ordering::Relaxed);
-                    ds.rows_done.store(r.archive.num_rows, Ordering::Relaxed);
+                Err(e) if self.store.leases().holder(name).is_some() => {
+                    // Being deleted or published by another daemon right now: look again later.
+                    log::debug!("{name}: not readable yet: {e}");
                 }
-                ds.has_input.store(has_input, Ordering::Relaxed);
-                if queued {
-                    self.enqueue(ds);
+                Err(e) => {
+                    log::error!("{name}: cannot serve: {e}");
+                    ds.set_state(State::Failed(e.to_string()));
                 }
             }
+        } else if entry.has_job {
+            match self.store.job(name) {
+                Some(ConcatJob { error: Some(e), .. }) => ds.set_state(State::Failed(e)),
+                Some(job) => {
+                    ds.set_state(State::Queued);
+                    self.push_job(Job::Concat {
+                        target: ds.clone(),
+                        sources: job.sources.clone(),
+                        command: job.command,
+                    });
+                }
+                None => {} // being written: next scan
+            }
+        } else if let Some(err) = self.store.failure(name) {
+            ds.set_state(State::Failed(err));
+        } else if entry.has_input {
+            ds.set_state(State::Queued);
+            self.enqueue(ds.clone());
         }
+    }
+
+    /// Takes NAME's lease for a job (unless the dataset already holds it, as an upload does).
+    /// On a busy lease the dataset shows the other daemon's work, and rescans follow it.
+    fn lease_for(&self, ds: &Dataset, purpose: &str) -> Option<Lease> {
+        if let Some(l) = ds.take_lease() {
+            return Some(l);
+        }
+        match self.store.leases().try_acquire(&ds.name, purpose) {
+            Ok(Claim::Taken(l)) => {
+                self.store.clean_leftovers(&ds.name);
+                Some(l)
+            }
+            Ok(Claim::Busy(holder)) => {
+                log::info!("{}: {} elsewhere: {holder}", ds.name, purpose);
+                ds.set_state(State::Remote(holder));
+                None
+            }
+            Err(e) => {
+                log::error!("{}: cannot take its lease: {e}", ds.name);
+                ds.set_state(State::Failed(format!("cannot take the lease: {e}")));
+                None
+            }
+        }
+    }
+
+    /// After taking the lease: the work may have been done (or found impossible) meanwhile by
+    /// the daemon that held it. True when there is nothing left to do.
+    fn done_elsewhere(&self, ds: &Arc<Dataset>) -> bool {
+        let entry = crate::store::Entry {
+            has_archive: self.store.archive_path(&ds.name).is_dir(),
+            has_input: self.store.input_path(&ds.name).is_file(),
+            has_job: self.store.job(&ds.name).is_some(),
+        };
+        let failed = self.store.failure(&ds.name).is_some();
+        if entry.has_archive || failed || (!entry.has_input && !entry.has_job) {
+            self.settle(ds, &entry);
+            if !entry.has_archive && !failed {
+                // Deleted meanwhile.
+                self.registry.write().expect("registry").remove(&ds.name);
+                self.forget_names_later(ds.name.clone());
+            }
+            return true;
+        }
+        false
     }
 
     fn rescan_if_stale(&self) {
@@ -618,36 +741,69 @@ impl Namespace {
         }
     }
 
-    fn concat_datasets(&self, target: &Arc<Dataset>, sources: &[DatasetName], command: &str) {
-        let inputs: Vec<PathBuf> = sources.iter().map(|n| self.store.archive_path(n)).collect();
+    fn concat_datasets(&self, target: &Arc<Dataset>, sources: &[String], command: &str) {
+        let Some(_lease) = self.lease_for(target, "concat") else {
+            return;
+        };
+        if self.done_elsewhere(target) {
+            return;
+        }
+        target.set_state(State::Converting);
+        log::info!("{}: concatenating {}", target.name, sources.join(" "));
+        let inputs: Vec<PathBuf> = sources
+            .iter()
+            .map(|s| match DatasetName::parse(s) {
+                Ok(n) => Ok(self.store.archive_path(&n)),
+                Err(e) => Err(crate::Error::Usage(e.to_string())),
+            })
+            .collect::<crate::Result<_>>()
+            .unwrap_or_default();
         let output = self.store.archive_path(&target.name);
-        let result = crate::concat::concat(&inputs, &output, None, false, target.as_ref())
-            .and_then(|_| self.store.open_archive(&target.name));
+        let result = if inputs.len() != sources.len() {
+            Err(crate::Error::Usage("a source name is not valid".into()))
+        } else {
+            crate::concat::concat(&inputs, &output, None, false, target.as_ref())
+                .and_then(|_| self.store.open_archive(&target.name))
+        };
         match result {
             Ok(archive) => {
                 log::info!("{}: concatenated ({} rows)", target.name, archive.num_rows);
-                target.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+                self.store.remove_job(&target.name);
+                target.set_ready(archive);
                 self.record(command, &Ok(format!("{} ready", target.name)));
+            }
+            Err(e) if self.shutting_down.load(Ordering::SeqCst) => {
+                // Not the sources' fault: the job stays written down for the next start.
+                log::warn!("{}: concat interrupted: {e}", target.name);
+                target.set_state(State::Failed(format!("interrupted: {e}")));
             }
             Err(e) => {
                 // Nothing was published (the writer removed its temporary directory): the target
-                // disappears and the reason goes to .control.
-                log::warn!("{}: concat failed: {e}", target.name);
-                self.registry
-                    .write()
-                    .expect("registry")
-                    .remove(&target.name);
-                self.forget_names_later(target.name.clone());
-                self.record(
-                    command,
-                    &Err(FsError::Invalid(format!("concat failed: {e}"))),
-                );
+                // shows the reason until deleted, and so does .control.
+                let msg = format!("concat failed: {e}");
+                log::warn!("{}: {msg}", target.name);
+                let job = ConcatJob {
+                    command: command.to_string(),
+                    sources: sources.to_vec(),
+                    error: Some(msg.clone()),
+                };
+                if let Err(e) = self.store.write_job(&target.name, &job) {
+                    log::error!("{}: cannot record the failure: {e}", target.name);
+                }
+                target.set_state(State::Failed(msg.clone()));
+                self.record(command, &Err(FsError::Invalid(msg)));
             }
         }
     }
 
     fn convert_dataset(&self, ds: &Arc<Dataset>) {
         if !matches!(ds.state(), State::Queued) {
+            return;
+        }
+        let Some(lease) = self.lease_for(ds, "convert") else {
+            return;
+        };
+        if self.done_elsewhere(ds) {
             return;
         }
         ds.set_state(State::Converting);
@@ -667,11 +823,20 @@ impl Namespace {
                 .map(|_| ()),
         };
         let result = converted.and_then(|_| self.store.open_archive(&ds.name));
+        // A daemon that took the lease over while this one was silent may have published first.
+        let result = match result {
+            Err(e) if lease.is_lost() || self.store.has_archive(&ds.name) => {
+                log::warn!("{}: {e}; another daemon published it", ds.name);
+                self.store.open_archive(&ds.name)
+            }
+            r => r,
+        };
+        drop(lease);
         match result {
             Ok(archive) => {
                 log::info!("{}: ready ({} rows)", ds.name, archive.num_rows);
                 self.store.clear_failure(&ds.name);
-                ds.set_state(State::Ready(Arc::new(ReadyDataset::new(archive))));
+                ds.set_ready(archive);
             }
             Err(e)
                 if matches!(e, crate::Error::Interrupted(_))
@@ -703,7 +868,7 @@ impl Namespace {
                     .expect("registry")
                     .by_name
                     .values()
-                    .any(|d| matches!(d.state(), State::Queued | State::Converting));
+                    .any(|d| d.busy());
             if !busy {
                 return true;
             }
@@ -905,6 +1070,7 @@ impl Namespace {
             kind: NodeType::Dir,
             size: 0,
             perm,
+            group: None,
             mtime,
             ttl,
         };
@@ -913,19 +1079,29 @@ impl Namespace {
             kind: NodeType::File,
             size,
             perm,
+            group: None,
             mtime,
             ttl,
         };
+        // The kernel checks these modes (default_permissions): who may write is decided here.
+        let writable = |a: Attr| match self.options.writers {
+            Some(gid) => Attr {
+                perm: a.perm | 0o020,
+                group: Some(gid),
+                ..a
+            },
+            None => a,
+        };
         if ino_ == ROOT_INO {
-            return Ok(dir(0o755, self.started, SHORT_TTL));
+            return Ok(writable(dir(0o755, self.started, SHORT_TTL)));
         }
         if ino_ == CONTROL_INO {
-            return Ok(file(
+            return Ok(writable(file(
                 self.control_text().len() as u64,
                 0o644,
                 SystemTime::now(),
                 Duration::ZERO,
-            ));
+            )));
         }
         let (kind, id, index) = split(ino_).ok_or(FsError::NotFound)?;
         let ds = self.dataset_by_id(id)?;
@@ -944,17 +1120,14 @@ impl Namespace {
                     self.store.input_path(&ds.name)
                 };
                 let m = std::fs::metadata(&path).map_err(|_| FsError::NotFound)?;
-                let perm = if matches!(ds.state(), State::Uploading) {
-                    0o644
-                } else {
-                    0o444
-                };
-                Ok(file(
+                let uploading = matches!(ds.state(), State::Uploading);
+                let a = file(
                     m.len(),
-                    perm,
+                    if uploading { 0o644 } else { 0o444 },
                     m.modified().unwrap_or(ds.since),
                     SHORT_TTL,
-                ))
+                );
+                Ok(if uploading { writable(a) } else { a })
             }
             _ => {
                 let r = ds.ready().ok_or(FsError::NotFound)?;
@@ -1311,6 +1484,29 @@ impl Namespace {
             reg.insert(dname.clone(), State::Uploading)
                 .ok_or(FsError::Io("too many datasets".into()))?
         };
+        // Other daemons over the same store: the lease decides who gets NAME.
+        let forget = || {
+            self.registry.write().expect("registry").remove(&dname);
+        };
+        match self.store.leases().try_acquire(&dname, "upload") {
+            Ok(Claim::Taken(lease)) => {
+                self.store.clean_leftovers(&dname);
+                ds.keep_lease(lease);
+            }
+            Ok(Claim::Busy(holder)) => {
+                log::info!("{dname}: refused a drop: {holder} holds it");
+                forget();
+                return Err(FsError::Exists);
+            }
+            Err(e) => {
+                forget();
+                return Err(io_err(e));
+            }
+        }
+        if self.store.input_path(&dname).exists() || self.store.archive_path(&dname).exists() {
+            forget();
+            return Err(FsError::Exists);
+        }
         let path = self.store.upload_path(&dname);
         let file = match std::fs::OpenOptions::new()
             .read(true)
@@ -1320,7 +1516,7 @@ impl Namespace {
         {
             Ok(f) => f,
             Err(e) => {
-                self.registry.write().expect("registry").remove(&dname);
+                forget();
                 return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
                     FsError::Exists
                 } else {
@@ -1466,13 +1662,17 @@ impl Namespace {
         }
         let stem = name.strip_suffix(".h5ad").ok_or(FsError::Access)?;
         let ds = self.dataset_by_name(stem).ok_or(FsError::NotFound)?;
-        match ds.state() {
-            State::Uploading | State::Queued | State::Converting => return Err(FsError::Busy),
-            _ => {}
+        if ds.busy() {
+            return Err(FsError::Busy);
         }
         if !ds.has_input.load(Ordering::Relaxed) {
             return Err(FsError::NotFound);
         }
+        let _lease = match self.store.leases().try_acquire(&ds.name, "delete") {
+            Ok(Claim::Taken(l)) => l,
+            Ok(Claim::Busy(_)) => return Err(FsError::Busy),
+            Err(e) => return Err(io_err(e)),
+        };
         std::fs::remove_file(self.store.input_path(&ds.name)).map_err(io_err)?;
         self.store.clear_failure(&ds.name);
         ds.has_input.store(false, Ordering::Relaxed);
@@ -1539,15 +1739,19 @@ impl Namespace {
                     Some(ds) => ds,
                     None => return invalid(format!("delete: no dataset {name}")),
                 };
-                if matches!(
-                    ds.state(),
-                    State::Uploading | State::Queued | State::Converting
-                ) {
+                if ds.busy() {
                     return invalid(format!(
                         "delete: {name} is {}; try again when it is done",
                         ds.state().name()
                     ));
                 }
+                let _lease = match self.store.leases().try_acquire(&name, "delete") {
+                    Ok(Claim::Taken(l)) => l,
+                    Ok(Claim::Busy(h)) => {
+                        return invalid(format!("delete: {name} is busy: {h}; try again later"))
+                    }
+                    Err(e) => return Err(io_err(e)),
+                };
                 self.store
                     .delete(&name)
                     .map_err(|e| FsError::Io(e.to_string()))?;
@@ -1594,6 +1798,12 @@ impl Namespace {
             }
             names.push(name);
         }
+        let lease = match self.store.leases().try_acquire(&new, "concat") {
+            Ok(Claim::Taken(l)) => l,
+            Ok(Claim::Busy(h)) => return invalid(format!("{new} is being made: {h}")),
+            Err(e) => return Err(io_err(e)),
+        };
+        self.store.clean_leftovers(&new);
         let target = {
             let mut reg = self.registry.write().expect("registry");
             if reg.by_name.contains_key(&new)
@@ -1605,9 +1815,20 @@ impl Namespace {
             reg.insert(new.clone(), State::Converting)
                 .ok_or_else(|| FsError::Io("too many datasets".into()))?
         };
+        let job = ConcatJob {
+            command: line.to_string(),
+            sources: names.iter().map(|n| n.as_str().to_string()).collect(),
+            error: None,
+        };
+        // Written down before it starts: a crash midway leaves it to the next start.
+        if let Err(e) = self.store.write_job(&new, &job) {
+            self.registry.write().expect("registry").remove(&new);
+            return Err(io_err(e));
+        }
+        target.keep_lease(lease);
         self.push_job(Job::Concat {
             target,
-            sources: names,
+            sources: job.sources,
             command: line.to_string(),
         });
         Ok(format!("concat {new}: started"))

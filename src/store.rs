@@ -4,6 +4,11 @@
 //! beside their target until renamed into place. Paths are only ever built from validated
 //! `DatasetName`s.
 //!
+//! Several daemons (one per node) may share one store: whatever one of them does to a NAME
+//! (upload, convert, concat, delete) it does holding NAME's lease (`lease.rs`), and it only
+//! cleans up leftovers of a NAME whose lease is free or whose holder is dead. Pending concats
+//! are written down (`.scdl-fs/jobs/NAME.json`) so that a crash does not lose them.
+//!
 //! Symlinks: the store is a plain directory other people and daemons write into, and the daemon
 //! may run as root. A symlink in it is never followed, opened or deleted through, so nothing
 //! outside the store is ever read, served, created, modified or removed because of what the
@@ -25,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::{write_synced_bytes, Archive, FileNames};
 use crate::error::{Error, IoContext, Result};
+use crate::lease::Leases;
 use crate::names::DatasetName;
 
 const STATE_DIR: &str = ".scdl-fs";
@@ -51,9 +57,36 @@ pub struct FailureRecord {
     pub input_mtime: i64,
 }
 
-#[derive(Clone, Debug)]
+/// A concat waiting to run (or failed), written down before it starts so that a daemon killed
+/// midway leaves it to be restarted by the next one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConcatJob {
+    /// The `.control` line that asked for it.
+    pub command: String,
+    pub sources: Vec<String>,
+    /// Set when the concat failed: the target is shown as failed until deleted.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What the store holds under one name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Entry {
+    pub has_archive: bool,
+    pub has_input: bool,
+    pub has_job: bool,
+}
+
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
+    leases: std::sync::Arc<Leases>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
 }
 
 impl Store {
@@ -61,35 +94,22 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         fs::create_dir_all(root).at(root)?;
         let root = root.canonicalize().at(root)?;
-        let store = Store { root };
         // Not create_dir_all, which follows symlinks: the state directories must be our own.
-        for d in [
-            store.root.join(STATE_DIR),
-            store.uploads_dir(),
-            store.failures_dir(),
-        ] {
-            match fs::symlink_metadata(&d) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(Error::Usage(format!(
-                        "{}: not a directory (a symlink?): the store's state directories must \
-                         be real directories",
-                        d.display()
-                    )))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(&d) {
-                    Ok(()) => {}
-                    // Another daemon opening the same store just made it.
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::AlreadyExists
-                            && fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) => {}
-                    Err(e) => return Err(Error::io(&d, e)),
-                },
-                Err(e) => return Err(Error::io(&d, e)),
-            }
+        let state = root.join(STATE_DIR);
+        own_dir(&state)?;
+        own_dir(&state.join("leases"))?; // lease.rs's directory
+        let leases = Leases::open(&state)?;
+        let store = Store { root, leases };
+        for d in [store.uploads_dir(), store.failures_dir(), store.jobs_dir()] {
+            own_dir(&d)?;
         }
         store.clean_temporaries();
         Ok(store)
+    }
+
+    /// The leases through which the daemons sharing this store take turns on each name.
+    pub fn leases(&self) -> &std::sync::Arc<Leases> {
+        &self.leases
     }
 
     pub fn root(&self) -> &Path {
@@ -112,51 +132,104 @@ impl Store {
         self.root.join(STATE_DIR).join("failed")
     }
 
+    fn jobs_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR).join("jobs")
+    }
+
+    fn job_path(&self, name: &DatasetName) -> PathBuf {
+        self.jobs_dir().join(format!("{}.json", name.as_str()))
+    }
+
+    /// Writes down (durably) the concat that will produce NAME, or its failure.
+    pub fn write_job(&self, name: &DatasetName, job: &ConcatJob) -> Result<()> {
+        let bytes = serde_json::to_vec(job).expect("serialisable");
+        write_synced_bytes(&self.job_path(name), &bytes)
+    }
+
+    pub fn job(&self, name: &DatasetName) -> Option<ConcatJob> {
+        serde_json::from_slice(&fs::read(self.job_path(name)).ok()?).ok()
+    }
+
+    pub fn remove_job(&self, name: &DatasetName) {
+        let _ = fs::remove_file(self.job_path(name));
+    }
+
     /// Where a file being dropped through the mount is written until its writer closes it.
     pub fn upload_path(&self, name: &DatasetName) -> PathBuf {
         self.uploads_dir().join(name.input_file_name())
     }
 
-    /// Removes what an interrupted daemon left: temporary archive directories and uploads that
-    /// were never closed (a cut-off upload must not be converted as if complete).
+    /// Removes what interrupted daemons left: temporary archive directories and uploads that
+    /// were never closed (a cut-off upload must not be converted as if complete). Only for names
+    /// no live daemon holds: another node may be converting or uploading right now.
     fn clean_temporaries(&self) {
         let Ok(entries) = fs::read_dir(&self.root) else {
             return;
         };
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".scdl-tmp.") {
-                log::info!("removing interrupted conversion {name}");
-                let _ = fs::remove_dir_all(e.path());
+            let file = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = temp_owner(&file) {
+                if self.leases.holder(&name).is_none() {
+                    log::info!("removing interrupted work {file}");
+                    let _ = fs::remove_dir_all(e.path());
+                }
             }
         }
         if let Ok(entries) = fs::read_dir(self.uploads_dir()) {
             for e in entries.flatten() {
-                log::warn!("discarding unfinished upload {}", e.path().display());
-                let _ = fs::remove_file(e.path());
+                let file = e.file_name().to_string_lossy().into_owned();
+                let name = DatasetName::from_input_file(&file).ok();
+                if name.is_none_or(|n| self.leases.holder(&n).is_none()) {
+                    log::warn!("discarding unfinished upload {}", e.path().display());
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
     }
 
-    /// Every dataset name the store knows: archive directories and dropped inputs.
-    pub fn scan(&self) -> Result<Vec<(DatasetName, bool, bool)>> {
-        let mut found: std::collections::BTreeMap<DatasetName, (bool, bool)> = Default::default();
+    /// Removes NAME's leftovers (temporary archives, an unfinished upload) once this daemon holds
+    /// NAME's lease: whoever made them is gone.
+    pub fn clean_leftovers(&self, name: &DatasetName) {
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if temp_owner(&file).as_ref() == Some(name) {
+                    log::info!("removing interrupted work {file}");
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let _ = fs::remove_file(self.upload_path(name));
+    }
+
+    /// Every dataset name the store knows: archive directories, dropped inputs, pending concats.
+    pub fn scan(&self) -> Result<Vec<(DatasetName, Entry)>> {
+        let mut found: std::collections::BTreeMap<DatasetName, Entry> = Default::default();
         for e in fs::read_dir(&self.root).at(&self.root)?.flatten() {
             let file_name = e.file_name().to_string_lossy().into_owned();
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 if let Ok(name) = DatasetName::parse(&file_name) {
-                    found.entry(name).or_default().0 = true;
+                    found.entry(name).or_default().has_archive = true;
                 }
             } else if ft.is_file() {
                 if let Ok(name) = DatasetName::from_input_file(&file_name) {
-                    found.entry(name).or_default().1 = true;
+                    found.entry(name).or_default().has_input = true;
                 }
             } else if ft.is_symlink() {
                 log::warn!("ignoring symlink {} in the store", e.path().display());
             }
         }
-        Ok(found.into_iter().map(|(n, (a, i))| (n, a, i)).collect())
+        if let Ok(entries) = fs::read_dir(self.jobs_dir()) {
+            for e in entries.flatten() {
+                let file_name = e.file_name().to_string_lossy().into_owned();
+                let name = file_name.strip_suffix(".json").map(DatasetName::parse);
+                if let Some(Ok(name)) = name {
+                    found.entry(name).or_default().has_job = true;
+                }
+            }
+        }
+        Ok(found.into_iter().collect())
     }
 
     /// Opens the archive `NAME/`, refusing one that is, or holds, a symlink (module doc).
@@ -229,8 +302,15 @@ impl Store {
             }
         }
         self.clear_failure(name);
+        self.remove_job(name);
         Ok(())
     }
+}
+
+/// The dataset a temporary directory (`.NAME.scdl-tmp.PID.N`) belongs to.
+fn temp_owner(file: &str) -> Option<DatasetName> {
+    let (name, _) = file.strip_prefix('.')?.split_once(".scdl-tmp.")?;
+    DatasetName::parse(name).ok()
 }
 
 /// The first symlink at or below `path` (not following any), if there is one.
@@ -253,4 +333,29 @@ fn find_symlink(path: &Path) -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
+}
+
+/// Makes directory `d` unless it exists; refuses anything there that is not a real directory
+/// (a symlink would lead the store's own writes and clean-ups elsewhere).
+fn own_dir(d: &Path) -> Result<()> {
+    match fs::symlink_metadata(d) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Usage(format!(
+            "{}: not a directory (a symlink?): the store's state directories must be real \
+             directories",
+            d.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(d) {
+            Ok(()) => Ok(()),
+            // Another daemon opening the same store just made it.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    && fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::io(d, e)),
+        },
+        Err(e) => Err(Error::io(d, e)),
+    }
 }

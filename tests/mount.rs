@@ -8,39 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, fixtures, python, repo, scdl, stderr};
+use common::{bin, daemons, fixtures, is_mounted, python, repo, scdl, stderr};
 
 struct Mounted {
     _dirs: tempfile::TempDir,
     mnt: PathBuf,
     store: PathBuf,
-}
-
-fn is_mounted(mnt: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = mnt.to_string_lossy().to_string();
-    text.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
-/// Pids of daemons serving `mnt`.
-fn daemons(mnt: &Path) -> Vec<i32> {
-    let want = mnt.to_string_lossy().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let args: Vec<String> = c
-                        .split(|&b| b == 0)
-                        .map(|a| String::from_utf8_lossy(a).into_owned())
-                        .collect();
-                    args.iter().any(|a| a == "mount") && args.contains(&want)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 impl Mounted {
@@ -96,18 +69,7 @@ impl Mounted {
     }
 
     fn read_check(&self, name: &str, sources: &[&Path], extra: &[&str]) {
-        let mut cmd = Command::new(python());
-        cmd.arg(repo().join("tests/mount/read_check.py"))
-            .arg(&self.mnt)
-            .arg(name);
-        cmd.args(sources).args(extra);
-        let o = cmd.output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "read_check {name} failed:\n{text}");
+        common::read_check(&self.mnt, name, sources, extra);
     }
 
     fn unmount(&self) {
@@ -117,12 +79,7 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        for pid in daemons(&self.mnt) {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        common::unmount_and_kill(&self.mnt);
     }
 }
 
@@ -492,32 +449,43 @@ fn foreground_daemon_notifies_systemd_when_live() {
     assert!(!is_mounted(&mnt));
 }
 
-/// kill -9 at random moments while conversions run: after each restart on the same store,
-/// nothing partial is ever served, no temporary files remain, every input is still there, and
-/// every interrupted conversion completes (checked against the source).
+/// kill -9 at random moments while conversions and concats run: after each restart on the same
+/// store, nothing partial is ever served, no temporary files remain, every input is still there,
+/// and every interrupted conversion and concat completes (checked against the source).
 #[test]
 fn killed_at_random_moments_nothing_partial_is_served() {
     let dirs = tempfile::tempdir().unwrap();
     let (store, mnt) = (dirs.path().join("store"), dirs.path().join("mnt"));
     std::fs::create_dir(&mnt).unwrap();
-    // A file that takes a noticeable time to convert (~8 M values).
-    let big = dirs.path().join("big.h5ad");
-    let o = Command::new(python())
-        .arg(repo().join("bench/make_h5ad.py"))
-        .arg(&big)
-        .args(["--rows", "40000", "--cols", "2000", "--density", "0.1"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let big = common::big_input(dirs.path());
     let mount = || {
+        // Two workers: the round's concat runs beside its conversion, so kills land in both.
         let o = scdl(&[
             "mount",
             mnt.to_str().unwrap(),
             "--store",
             store.to_str().unwrap(),
+            "--conversions",
+            "2",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
     };
+    // Two ready datasets for the concats that each round starts beside a conversion.
+    mount();
+    for base in ["base1", "base2"] {
+        std::fs::copy(&big, mnt.join(format!("{base}.h5ad"))).unwrap();
+    }
+    for base in ["base1", "base2"] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(mnt.join(base).join("status.json"))
+            .is_ok_and(|s| s.contains("\"ready\""))
+        {
+            assert!(Instant::now() < deadline, "{base} not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let o = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "umount: {}", stderr(&o));
     let mut seed = 0x5eed_u64;
     let mut next = || {
         seed ^= seed << 13;
@@ -529,6 +497,11 @@ fn killed_at_random_moments_nothing_partial_is_served() {
         mount();
         let name = format!("d{round}");
         std::fs::copy(&big, mnt.join(format!("{name}.h5ad"))).unwrap();
+        std::fs::write(
+            mnt.join(".control"),
+            format!("concat c{round} base1 base2\n"),
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(next() % 400));
         for pid in daemons(&mnt) {
             Command::new("kill")
@@ -562,18 +535,28 @@ fn killed_at_random_moments_nothing_partial_is_served() {
             std::fs::read(&big).unwrap(),
             "{name}: the dropped input is intact"
         );
-        loop {
-            let st: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(mnt.join(&name).join("status.json")).unwrap(),
-            )
-            .unwrap();
-            if st["state"] == "ready" {
-                break;
+        for name in [name.clone(), format!("c{round}")] {
+            loop {
+                let st: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(mnt.join(&name).join("status.json")).unwrap(),
+                )
+                .unwrap();
+                if st["state"] == "ready" {
+                    break;
+                }
+                assert!(st["state"] != "failed", "{name}: {st}");
+                assert!(Instant::now() < deadline, "{name} never finished: {st}");
+                std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(st["state"] != "failed", "{name}: {st}");
-            assert!(Instant::now() < deadline, "{name} never finished: {st}");
-            std::thread::sleep(Duration::from_millis(100));
         }
+        let o = scdl(&[
+            "info",
+            mnt.join(format!("c{round}")).to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(info["rows"], 80000, "c{round}: {info}");
     }
     let leftovers: Vec<String> = std::fs::read_dir(&store)
         .unwrap()
@@ -589,6 +572,8 @@ fn killed_at_random_moments_nothing_partial_is_served() {
         .args(["--samples", "50"])
         .output()
         .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = common::verify(&store.join("c5"), &[&big, &big], &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     Command::new("umount").arg(&mnt).status().unwrap();
 }

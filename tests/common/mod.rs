@@ -105,13 +105,7 @@ impl TestMount {
         let dir = tempfile::tempdir().unwrap();
         let (mnt, store) = (dir.path().join("mnt"), dir.path().join("store"));
         std::fs::create_dir(&mnt).unwrap();
-        let o = scdl(&[
-            "mount",
-            mnt.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "mount failed: {}", stderr(&o));
+        mount(&mnt, &store, &[]);
         TestMount { dir, mnt, store }
     }
 
@@ -138,4 +132,130 @@ impl Drop for TestMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
+}
+
+/// Whether `mnt` is a mount point now.
+pub fn is_mounted(mnt: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_string_lossy().to_string();
+    text.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Live processes (not zombies) whose command line has an argument naming `path` or a path
+/// below it: daemons serving it, converters writing into it.
+pub fn processes_naming(path: &Path) -> Vec<i32> {
+    let want = path.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    c.split(|&b| b == 0)
+                        .map(String::from_utf8_lossy)
+                        .any(|a| a == want || a.starts_with(&format!("{want}/")))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Pids of `scdl-fs mount` daemons serving `mnt`.
+pub fn daemons(mnt: &Path) -> Vec<i32> {
+    processes_naming(mnt)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|&b| b == 0).any(|a| a == b"mount"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// `scdl-fs mount MNT --store STORE ARGS...` in the background; returns once the mount is live.
+pub fn mount(mnt: &Path, store: &Path, args: &[&str]) {
+    let mut all = vec![
+        "mount",
+        mnt.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let o = scdl(&all);
+    assert!(o.status.success(), "mount failed: {}", stderr(&o));
+}
+
+/// Tears a test mount down whatever state it is in: lazy unmount, then SIGKILL to its daemons.
+pub fn unmount_and_kill(mnt: &Path) {
+    if is_mounted(mnt) {
+        let _ = Command::new("umount").arg("-l").arg(mnt).status();
+    }
+    for pid in daemons(mnt) {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+}
+
+/// tests/mount/read_check.py: NAME read through the mount at `mnt` (rows, ranges, npz, archive
+/// files by numpy/scipy/bionemo) compared with its source files; `extra` are its options
+/// (`--samples N`, `--bionemo`, ...).
+pub fn read_check(mnt: &Path, name: &str, sources: &[&Path], extra: &[&str]) {
+    let o = Command::new(python())
+        .arg(repo().join("tests/mount/read_check.py"))
+        .arg(mnt)
+        .arg(name)
+        .args(sources)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "read_check {name} on {}:\n{}{}",
+        mnt.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A synthetic .h5ad of about 8 M values (40,000 x 2,000 CSR float32, density 0.1) at
+/// `dir/big.h5ad`: about a second to convert, long enough to interrupt.
+pub fn big_input(dir: &Path) -> PathBuf {
+    let big = dir.join("big.h5ad");
+    let o = Command::new(python())
+        .arg(repo().join("bench/make_h5ad.py"))
+        .arg(&big)
+        .args(["--rows", "40000", "--cols", "2000", "--density", "0.1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    big
+}
+
+/// Copies `fa` to `a/NAME` and `fb` to `b/NAME` at the same time (two mounts of one store):
+/// exactly one copy must succeed; returns the winner's source and the loser's error.
+pub fn race_drops<'a>(
+    a: &Path,
+    b: &Path,
+    name: &str,
+    fa: &'a Path,
+    fb: &'a Path,
+) -> (&'a Path, std::io::Error) {
+    let (pa, pb) = (a.join(name), b.join(name));
+    let (ca, cb) = (fa.to_path_buf(), fb.to_path_buf());
+    let ta = std::thread::spawn(move || std::fs::copy(ca, pa));
+    let tb = std::thread::spawn(move || std::fs::copy(cb, pb));
+    match (ta.join().unwrap(), tb.join().unwrap()) {
+        (Ok(_), Err(e)) => (fa, e),
+        (Err(e), Ok(_)) => (fb, e),
+        (ra, rb) => panic!("{name}: exactly one drop must win: {ra:?} {rb:?}"),
+    }
+}
+
+/// The loser of a race for a name: EEXIST when it asked while the winner held the name, or a
+/// permission error when the winner's file was already published (read-only) by then.
+pub fn refused_drop(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EEXIST) | Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
+    )
 }
