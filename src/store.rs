@@ -17,8 +17,9 @@
 //!   `delete`;
 //! - an archive with a symlink anywhere inside it (`NAME/data.npy -> /elsewhere`): refused by
 //!   `open_archive`, so the dataset is served as failed, its files never opened;
-//! - `.scdl-fs/`, `.scdl-fs/uploads/` or `.scdl-fs/failed/` that is a symlink: `Store::open`
-//!   fails (it would otherwise clean, write or rename files in the directory it points to).
+//! - `.scdl-fs/` or one of its directories (`uploads/`, `failed/`, `jobs/`, `leases/`) that
+//!   is a symlink: `Store::open` fails (it would otherwise clean, write or rename files in the
+//!   directory it points to).
 //!
 //! The store root itself may be a symlink (`/var/lib/scdl-fs -> /data/scdl`): it is resolved once,
 //! when the store is opened. [tests/store_traversal.rs]

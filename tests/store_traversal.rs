@@ -288,8 +288,9 @@ fn symlinked_state_directories_refuse_the_store_and_touch_nothing() {
     std::fs::write(victims.join("x.json"), b"not ours").unwrap();
     let before = w.snapshot_outside();
     let state = w.store.join(".scdl-fs");
-    let cases: [(&str, PathBuf); 5] = [
+    let cases: [(&str, PathBuf); 6] = [
         (".scdl-fs", victims.clone()),
+        (".scdl-fs/leases", victims.clone()),
         (".scdl-fs/uploads", victims.clone()),
         (".scdl-fs/failed", victims.clone()),
         (".scdl-fs/uploads", w.outside.join("absent")),
@@ -299,6 +300,7 @@ fn symlinked_state_directories_refuse_the_store_and_touch_nothing() {
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(state.join("uploads")).unwrap();
         std::fs::create_dir_all(state.join("failed")).unwrap();
+        std::fs::create_dir_all(state.join("leases")).unwrap();
         let at = w.store.join(link);
         std::fs::remove_dir_all(&at).unwrap();
         std::os::unix::fs::symlink(&target, &at).unwrap();
