@@ -27,6 +27,22 @@ struct World {
     template: PathBuf,
 }
 
+/// Converts a fixture into `dir/template` (an archive to copy into stores) and puts canaries
+/// outside the store: an archive and an input that must never be served, changed or deleted.
+fn canaries(dir: &Path, outside: &Path) -> PathBuf {
+    let template = dir.join("template");
+    convert::convert(
+        &fixtures().join("csr_f32.h5ad"),
+        &template,
+        &ConvertOptions::default(),
+        &Quiet,
+    )
+    .unwrap();
+    copy_dir(&template, &outside.join("canary"));
+    std::fs::copy(fixtures().join("csr_f64.h5ad"), outside.join("canary.h5ad")).unwrap();
+    template
+}
+
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
@@ -34,16 +50,7 @@ impl World {
         let outside = dir.path().join("outside");
         std::fs::create_dir(&store).unwrap();
         std::fs::create_dir(&outside).unwrap();
-        let template = dir.path().join("template");
-        convert::convert(
-            &fixtures().join("csr_f32.h5ad"),
-            &template,
-            &ConvertOptions::default(),
-            &Quiet,
-        )
-        .unwrap();
-        copy_dir(&template, &outside.join("canary"));
-        std::fs::copy(fixtures().join("csr_f64.h5ad"), outside.join("canary.h5ad")).unwrap();
+        let template = canaries(dir.path(), &outside);
         std::fs::write(outside.join("secret.json"), b"\"SECRET\"").unwrap();
         World {
             dir,
@@ -394,16 +401,7 @@ fn symlinks_and_bad_names_through_a_real_mount() {
     let m = common::TestMount::start();
     let outside = m.dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
-    let template = m.dir.path().join("template");
-    convert::convert(
-        &fixtures().join("csr_f32.h5ad"),
-        &template,
-        &ConvertOptions::default(),
-        &Quiet,
-    )
-    .unwrap();
-    copy_dir(&template, &outside.join("canary"));
-    std::fs::copy(fixtures().join("csr_f64.h5ad"), outside.join("canary.h5ad")).unwrap();
+    let template = canaries(m.dir.path(), &outside);
     let before = snapshot(&outside);
 
     // Placed in the store while mounted (noticed by the rescan or a lookup miss).
