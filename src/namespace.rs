@@ -390,8 +390,9 @@ struct RangeTable {
 enum Handle {
     /// A real file read with pread (inputs, archive files when passthrough is off).
     File(Arc<File>),
-    /// A rendered file (csr .npz), immutable for the handle's life.
-    Buffer(Arc<Vec<u8>>),
+    /// A csr .npz, rendered whole at the first read that reaches the daemon (a re-opened range
+    /// whose pages the kernel still caches is never rendered again), immutable after.
+    Npz(Arc<std::sync::OnceLock<FsResult<Vec<u8>>>>),
     /// Contents computed at each read (rows, status, feature json, .control).
     Computed,
     /// An input being written through the mount.
@@ -1387,22 +1388,30 @@ impl Namespace {
                 )
             }
             Kind::Range => {
-                let (_, csr, a, b) = self.range(index)?;
+                let (_, csr, _, _) = self.range(index)?;
                 if csr {
-                    let r = ds.ready().ok_or(FsError::NotFound)?;
-                    let span = RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
-                    let bytes = render::npz(&r.archive, &span).map_err(|_| FsError::TooBig)?;
-                    return opened(
-                        self.new_handle(Handle::Buffer(Arc::new(bytes))),
-                        false,
-                        true,
-                        None,
-                    );
+                    if attr.size > render::MAX_NPZ_BYTES {
+                        return Err(FsError::TooBig);
+                    }
+                    let npz = Handle::Npz(Arc::new(std::sync::OnceLock::new()));
+                    return opened(self.new_handle(npz), false, true, None);
                 }
                 opened(self.new_handle(Handle::Computed), false, true, None)
             }
             _ => opened(self.new_handle(Handle::Computed), false, true, None),
         }
+    }
+
+    /// The whole `csr/<a>-<b>.npz` of range inode `ino_`.
+    fn render_npz(&self, ino_: u64) -> FsResult<Vec<u8>> {
+        let (_, id, index) = split(ino_).ok_or(FsError::NotFound)?;
+        let (_, r) = self.ready_by_id(id)?;
+        let (_, _, a, b) = self.range(index)?;
+        let span = RowSpan::new(&r.archive, a, b, false).ok_or(FsError::NotFound)?;
+        render::npz(&r.archive, &span).map_err(|e| match e {
+            crate::Error::Usage(_) => FsError::TooBig,
+            e => io_err(e),
+        })
     }
 
     pub fn read(&self, ino_: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -1418,7 +1427,7 @@ impl Namespace {
             let h = self.handles.lock().expect("handles");
             match h.get(&fh) {
                 Some(Handle::File(f)) => Some(Ok(f.clone())),
-                Some(Handle::Buffer(b)) => Some(Err(b.clone())),
+                Some(Handle::Npz(b)) => Some(Err(b.clone())),
                 _ => None,
             }
         };
@@ -1429,7 +1438,10 @@ impl Namespace {
                 buf.truncate(n);
                 return Ok(buf);
             }
-            Some(Err(bytes)) => return Ok(slice(&bytes)),
+            Some(Err(npz)) => {
+                let bytes = npz.get_or_init(|| self.render_npz(ino_));
+                return bytes.as_ref().map(|b| slice(b)).map_err(Clone::clone);
+            }
             None => {}
         }
         let (kind, id, index) = split(ino_).ok_or(FsError::NotFound)?;

@@ -3,8 +3,6 @@
 //! exactly without rendering (np.load checks them); dense files are rendered piecewise for the
 //! byte range asked, so a read never costs more than the rows it touches.
 
-use std::io::Write;
-
 use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::h5ad::Column;
@@ -122,66 +120,87 @@ impl RowSpan {
     }
 }
 
-/// A stored (uncompressed) zip member of an .npz: name and .npy bytes.
-struct Member {
-    name: &'static str,
-    bytes: Vec<u8>,
-}
-
 const ZIP_LOCAL: usize = 30;
 const ZIP_CENTRAL: usize = 46;
 const ZIP_END: usize = 22;
 
-/// The members of `csr/<a>-<b>.npz` in the layout scipy.sparse.save_npz writes. Column indices
-/// are int32 (int64 past 2^31 columns), indptr int64.
-fn csr_members(archive: &Archive, span: &RowSpan) -> Result<Vec<Member>> {
-    let ptrs = archive.row_ptrs(span.first, span.end + 1)?;
-    let (a, b) = (ptrs[0], ptrs[ptrs.len() - 1]);
-    let nnz = b - a;
-    let dtype = archive.data_dtype;
-    let mut data = npy::header(dtype.descr(), &[nnz]);
-    data.extend_from_slice(&archive.data_bytes(a, b)?);
-    let wide = span.width > i32::MAX as u64;
-    let mut indices = npy::header(if wide { "<i8" } else { "<i4" }, &[nnz]);
-    indices.reserve((nnz * if wide { 8 } else { 4 }) as usize);
-    for c in archive.cols(a, b)? {
-        if wide {
-            indices.extend_from_slice(&(c as i64).to_le_bytes());
-        } else {
-            indices.extend_from_slice(&(c as i32).to_le_bytes());
+/// A zip of stored (uncompressed) members, as np.savez writes, built in one buffer: each
+/// member's bytes are written in place (values and columns read straight into it) and its CRC
+/// patched into the local header afterwards.
+struct ZipBuilder {
+    out: Vec<u8>,
+    central: Vec<u8>,
+    members: u16,
+}
+
+impl ZipBuilder {
+    fn with_capacity(size: usize) -> ZipBuilder {
+        ZipBuilder {
+            out: Vec::with_capacity(size),
+            central: Vec::new(),
+            members: 0,
         }
     }
-    let mut indptr = npy::header("<i8", &[span.rows() + 1]);
-    for p in ptrs {
-        indptr.extend_from_slice(&((p - a) as i64).to_le_bytes());
+
+    /// Appends member `name` whose bytes `fill` appends to the buffer it is given.
+    fn member(&mut self, name: &str, fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+        let offset = self.out.len();
+        // Local file header: version 2.0, no flags, stored, DOS time/date 1980-01-01; CRC and
+        // sizes patched below.
+        self.out.extend_from_slice(&0x04034b50u32.to_le_bytes());
+        self.out
+            .extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
+        self.out.extend_from_slice(&[0; 12]);
+        self.out
+            .extend_from_slice(&(name.len() as u16).to_le_bytes());
+        self.out.extend_from_slice(&0u16.to_le_bytes());
+        self.out.extend_from_slice(name.as_bytes());
+        let body = self.out.len();
+        fill(&mut self.out)?;
+        let crc = crc32fast::hash(&self.out[body..]);
+        let size = (self.out.len() - body) as u32;
+        let mut sizes = [0u8; 12];
+        sizes[..4].copy_from_slice(&crc.to_le_bytes());
+        sizes[4..8].copy_from_slice(&size.to_le_bytes());
+        sizes[8..].copy_from_slice(&size.to_le_bytes());
+        self.out[offset + 14..offset + 26].copy_from_slice(&sizes);
+        let c = &mut self.central;
+        c.extend_from_slice(&0x02014b50u32.to_le_bytes());
+        c.extend_from_slice(&[20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
+        c.extend_from_slice(&sizes);
+        c.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        c.extend_from_slice(&[0; 8]); // extra len, comment len, disk, internal attrs
+        c.extend_from_slice(&(0o100444u32 << 16).to_le_bytes()); // external attrs: -r--r--r--
+        c.extend_from_slice(&(offset as u32).to_le_bytes());
+        c.extend_from_slice(name.as_bytes());
+        self.members += 1;
+        Ok(())
     }
-    let mut format = npy::header("|S3", &[]);
-    format.extend_from_slice(b"csr");
-    let mut shape = npy::header("<i8", &[2]);
-    shape.extend_from_slice(&(span.rows() as i64).to_le_bytes());
-    shape.extend_from_slice(&(span.width as i64).to_le_bytes());
-    Ok(vec![
-        Member {
-            name: "indices.npy",
-            bytes: indices,
-        },
-        Member {
-            name: "indptr.npy",
-            bytes: indptr,
-        },
-        Member {
-            name: "format.npy",
-            bytes: format,
-        },
-        Member {
-            name: "shape.npy",
-            bytes: shape,
-        },
-        Member {
-            name: "data.npy",
-            bytes: data,
-        },
-    ])
+
+    fn finish(mut self) -> Vec<u8> {
+        let cd_offset = self.out.len() as u32;
+        let cd_size = self.central.len() as u32;
+        self.out.extend_from_slice(&self.central);
+        self.out.extend_from_slice(&0x06054b50u32.to_le_bytes());
+        self.out.extend_from_slice(&[0, 0, 0, 0]);
+        self.out.extend_from_slice(&self.members.to_le_bytes());
+        self.out.extend_from_slice(&self.members.to_le_bytes());
+        self.out.extend_from_slice(&cd_size.to_le_bytes());
+        self.out.extend_from_slice(&cd_offset.to_le_bytes());
+        self.out.extend_from_slice(&0u16.to_le_bytes());
+        self.out
+    }
+}
+
+/// Appends `len` bytes to `out` and lets `read` fill them.
+fn append_read(
+    out: &mut Vec<u8>,
+    len: u64,
+    read: impl FnOnce(&mut [u8]) -> Result<()>,
+) -> Result<()> {
+    let start = out.len();
+    out.resize(start + len as usize, 0);
+    read(&mut out[start..])
 }
 
 /// Exact size of `csr/<a>-<b>.npz`, computed from the row pointers only.
@@ -226,53 +245,63 @@ pub fn npz_size(archive: &Archive, span: &RowSpan) -> Result<u64> {
 /// Largest .npz we render (zip without the zip64 extension).
 pub const MAX_NPZ_BYTES: u64 = u32::MAX as u64;
 
-/// Renders `csr/<a>-<b>.npz` completely (a zip of stored members, as np.savez writes).
+/// Renders `csr/<a>-<b>.npz` completely, in the layout scipy.sparse.save_npz writes: a zip of
+/// stored members; column indices int32 (int64 past 2^31 columns), indptr int64.
 pub fn npz(archive: &Archive, span: &RowSpan) -> Result<Vec<u8>> {
-    if npz_size(archive, span)? > MAX_NPZ_BYTES {
+    let size = npz_size(archive, span)?;
+    if size > MAX_NPZ_BYTES {
         return Err(Error::Usage(format!(
             "rows {}-{} would make an .npz over 4 GiB; ask for a smaller range",
             span.first, span.end
         )));
     }
-    let members = csr_members(archive, span)?;
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for m in &members {
-        let crc = crc32fast::hash(&m.bytes);
-        let offset = out.len() as u32;
-        let size = m.bytes.len() as u32;
-        // Local file header: version 2.0, no flags, stored, DOS time/date 1980-01-01.
-        out.write_all(&0x04034b50u32.to_le_bytes()).expect("vec");
-        out.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(m.name.as_bytes());
-        out.extend_from_slice(&m.bytes);
-        central.extend_from_slice(&0x02014b50u32.to_le_bytes());
-        central.extend_from_slice(&[20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0x21, 0]);
-        central.extend_from_slice(&crc.to_le_bytes());
-        central.extend_from_slice(&size.to_le_bytes());
-        central.extend_from_slice(&size.to_le_bytes());
-        central.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
-        central.extend_from_slice(&[0; 8]); // extra len, comment len, disk, internal attrs
-        central.extend_from_slice(&(0o100444u32 << 16).to_le_bytes()); // external attrs: -r--r--r--
-        central.extend_from_slice(&offset.to_le_bytes());
-        central.extend_from_slice(m.name.as_bytes());
-    }
-    let cd_offset = out.len() as u32;
-    let cd_size = central.len() as u32;
-    out.extend_from_slice(&central);
-    out.extend_from_slice(&0x06054b50u32.to_le_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(members.len() as u16).to_le_bytes());
-    out.extend_from_slice(&cd_size.to_le_bytes());
-    out.extend_from_slice(&cd_offset.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    debug_assert_eq!(out.len() as u64, npz_size(archive, span)?);
+    let ptrs = archive.row_ptrs(span.first, span.end + 1)?;
+    let (a, b) = (ptrs[0], ptrs[ptrs.len() - 1]);
+    let nnz = b - a;
+    let wide = span.width > i32::MAX as u64;
+    let mut zip = ZipBuilder::with_capacity(size as usize);
+    zip.member("indices.npy", |out| {
+        out.extend_from_slice(&npy::header(if wide { "<i8" } else { "<i4" }, &[nnz]));
+        if !wide && archive.col_dtype == crate::dtype::Dtype::U32 {
+            // Columns below 2^31 stored as little-endian u32 are already the int32 bytes.
+            return append_read(out, nnz * 4, |buf| archive.read_cols_into(a, buf));
+        }
+        for c in archive.cols(a, b)? {
+            if wide {
+                out.extend_from_slice(&(c as i64).to_le_bytes());
+            } else {
+                out.extend_from_slice(&(c as i32).to_le_bytes());
+            }
+        }
+        Ok(())
+    })?;
+    zip.member("indptr.npy", |out| {
+        out.extend_from_slice(&npy::header("<i8", &[span.rows() + 1]));
+        for p in &ptrs {
+            out.extend_from_slice(&((p - a) as i64).to_le_bytes());
+        }
+        Ok(())
+    })?;
+    zip.member("format.npy", |out| {
+        out.extend_from_slice(&npy::header("|S3", &[]));
+        out.extend_from_slice(b"csr");
+        Ok(())
+    })?;
+    zip.member("shape.npy", |out| {
+        out.extend_from_slice(&npy::header("<i8", &[2]));
+        out.extend_from_slice(&(span.rows() as i64).to_le_bytes());
+        out.extend_from_slice(&(span.width as i64).to_le_bytes());
+        Ok(())
+    })?;
+    let dtype = archive.data_dtype;
+    zip.member("data.npy", |out| {
+        out.extend_from_slice(&npy::header(dtype.descr(), &[nnz]));
+        append_read(out, nnz * dtype.size() as u64, |buf| {
+            archive.read_data_into(a, buf)
+        })
+    })?;
+    let out = zip.finish();
+    debug_assert_eq!(out.len() as u64, size);
     Ok(out)
 }
 

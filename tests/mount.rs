@@ -58,14 +58,7 @@ impl Mounted {
     }
 
     fn wait_done(&self, name: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let st = self.status(name);
-            if st["state"] == "ready" || st["state"] == "failed" || Instant::now() > deadline {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_done(&self.mnt, name)
     }
 
     fn read_check(&self, name: &str, sources: &[&Path], extra: &[&str]) {

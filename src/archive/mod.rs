@@ -278,13 +278,30 @@ impl Archive {
     /// Bytes [offset, offset + len) of one of the archive's files.
     fn read_bytes(&self, file: &File, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map_err(|e| {
+        self.read_into(file, name, offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_into(&self, file: &File, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        file.read_exact_at(buf, offset).map_err(|e| {
             Error::archive(
                 self.path.join(name),
-                format!("read of {len} bytes at {offset}: {e}"),
+                format!("read of {} bytes at {offset}: {e}", buf.len()),
             )
-        })?;
-        Ok(buf)
+        })
+    }
+
+    /// The raw bytes of values [a, a + n) into `buf` (n = buf.len() / element size): for
+    /// renderers that lay them out in place, without an intermediate copy.
+    pub fn read_data_into(&self, a: u64, buf: &mut [u8]) -> Result<()> {
+        let s = self.data_dtype.size() as u64;
+        self.read_into(&self.data, FileNames::DATA, a * s, buf)
+    }
+
+    /// The raw bytes of column indices [a, a + n) into `buf` (in `col_dtype`).
+    pub fn read_cols_into(&self, a: u64, buf: &mut [u8]) -> Result<()> {
+        let s = self.col_dtype.size() as u64;
+        self.read_into(&self.cols, FileNames::COL_PTR, a * s, buf)
     }
 
     /// row_ptr entries [a, b).

@@ -111,20 +111,7 @@ impl TestMount {
 
     /// status.json of NAME once its conversion has ended (ready or failed), within 60 s.
     pub fn wait_done(&self, name: &str) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let st: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(self.mnt.join(name).join("status.json")).unwrap(),
-            )
-            .unwrap();
-            if st["state"] == "ready"
-                || st["state"] == "failed"
-                || std::time::Instant::now() > deadline
-            {
-                return st;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_done(&self.mnt, name)
     }
 }
 
@@ -258,4 +245,27 @@ pub fn refused_drop(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EEXIST) | Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
     )
+}
+
+/// MNT/NAME/status.json once NAME's conversion has ended (ready or failed), or as it is after
+/// 60 s. NAME/ may appear a moment after the copy that dropped it returns on a loaded machine
+/// (the lookup waits up to 2 s for the upload's release): until the deadline, a missing
+/// status.json is waited for too.
+pub fn wait_done(mnt: &Path, name: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let st = std::fs::read(mnt.join(name).join("status.json"));
+        let done = std::time::Instant::now() > deadline;
+        match st {
+            Ok(bytes) => {
+                let st: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                if st["state"] == "ready" || st["state"] == "failed" || done {
+                    return st;
+                }
+            }
+            Err(e) if done => panic!("{name}/status.json: {e}"),
+            Err(_) => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
