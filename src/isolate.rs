@@ -36,7 +36,8 @@ impl Default for Limits {
 }
 
 /// The environment variable of the test-only fault switch: `abort` makes the worker abort (as a
-/// crashing libhdf5 would) after opening its input; `abort:TEXT` only for inputs whose path
+/// crashing libhdf5 would) after opening its input; `stall` makes it hang (as a converter stuck on
+/// a slow disk would) until killed; `abort:TEXT` or `stall:TEXT` only for inputs whose path
 /// contains TEXT.
 pub const FAULT_ENV: &str = "SCDL_FS_CONVERTER_FAULT";
 
@@ -239,16 +240,21 @@ impl Progress for PipeProgress {
 /// The child's entry point: runs one conversion; the test-only fault switch may abort it.
 pub fn worker_main(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<()> {
     let fault = std::env::var(FAULT_ENV).unwrap_or_default();
-    let hit = match fault.strip_prefix("abort") {
+    let hit = |kind: &str| match fault.strip_prefix(kind) {
         Some("") => true,
         Some(rest) => rest
             .strip_prefix(':')
             .is_some_and(|t| input.to_string_lossy().contains(t)),
         None => false,
     };
-    if hit {
+    if hit("abort") {
         let _ = crate::h5ad::H5ad::open(input);
         std::process::abort();
+    }
+    if hit("stall") {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
     crate::convert::convert(input, output, opts, &PipeProgress::new()).map(|_| ())
 }

@@ -224,11 +224,23 @@ fn a_dead_daemons_conversion_is_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let big = common::big_input(dir.path());
-    let a = Node::start(dir.path(), "a", &store, &[]);
+    // a's converter hangs (test-only fault switch), so a is surely mid-conversion when killed.
+    let a = Node::start(
+        dir.path(),
+        "a",
+        &store,
+        &[("SCDL_FS_CONVERTER_FAULT", "stall")],
+    );
     let b = Node::start(dir.path(), "b", &store, &[]);
     std::fs::copy(&big, a.mnt.join("big.h5ad")).unwrap();
     a.wait_state("big", "converting", 30);
-    b.wait_state("big", "converting", 10); // shown as another daemon's work
+    let st = b.wait_state("big", "converting", 10); // shown as another daemon's work
+    assert!(
+        st["by"]
+            .as_str()
+            .is_some_and(|by| by.contains(&a.pid().to_string())),
+        "{st}"
+    );
     signal(a.pid(), "-KILL"); // its conversion worker dies with it (PR_SET_PDEATHSIG)
     let st = b.wait_state("big", "ready", 90);
     assert_eq!(st["rows_total"], 40000);
