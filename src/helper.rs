@@ -103,6 +103,7 @@ pub fn mount_args(args: &[OsString]) -> Result<Vec<OsString>, String> {
         };
         match (key, value) {
             ("allow_other", None) => out.push("--allow-other".into()),
+            ("ro", None) => out.push("--read-only".into()),
             ("threads" | "conversions" | "data_dtype" | "matrix" | "writers", Some(v))
                 if !v.is_empty() =>
             {
@@ -129,7 +130,7 @@ mod tests {
             "/var/lib/scdl-fs",
             "/mnt/scdl",
             "-o",
-            "rw,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab",
+            "ro,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab",
         ]))
         .unwrap();
         assert_eq!(
@@ -139,6 +140,7 @@ mod tests {
                 "/mnt/scdl",
                 "--store",
                 "/var/lib/scdl-fs",
+                "--read-only",
                 "--allow-other",
                 "--threads",
                 "8",

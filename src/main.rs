@@ -73,6 +73,10 @@ enum Command {
         /// inputs and write .control (otherwise only the mounting user may).
         #[arg(long, value_name = "GROUP", value_parser = parse_group)]
         writers: Option<u32>,
+        /// Serve only: a read-only mount (no drops, no .control writes; inputs that appear in the
+        /// store are still converted). Reads then cost one round trip less (no atime refresh).
+        #[arg(long)]
+        read_only: bool,
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
@@ -198,6 +202,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             foreground,
             allow_other,
             writers,
+            read_only,
             threads,
             conversions,
             data_dtype,
@@ -208,6 +213,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 store: PathBuf::new(),
                 allow_other,
                 writers,
+                read_only,
                 threads,
                 workers: conversions,
                 convert: ConvertOptions {

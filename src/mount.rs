@@ -22,6 +22,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Group (gid) whose members may write: drop files, remove inputs, write `.control`.
     pub writers: Option<u32>,
+    /// Mount read-only (serve only).
+    pub read_only: bool,
     pub threads: usize,
     pub workers: usize,
     pub convert: ConvertOptions,
@@ -151,6 +153,11 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
     ];
+    if opts.read_only {
+        // Besides refusing writes, a read-only superblock spares a GETATTR per read: the kernel
+        // invalidates a FUSE inode's atime after every read unless the mount is read-only.
+        cfg.mount_options.push(MountOption::RO);
+    }
     cfg.acl = if opts.allow_other {
         SessionACL::All
     } else {

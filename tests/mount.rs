@@ -570,3 +570,32 @@ fn killed_at_random_moments_nothing_partial_is_served() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     Command::new("umount").arg(&mnt).status().unwrap();
 }
+
+/// `--read-only` (fstab `ro`): a serving mount. Datasets read as usual; drops, `.control` and
+/// removing inputs fail with EROFS (the kernel refuses them); inputs that appear in the store by
+/// other means are still converted.
+#[test]
+fn a_read_only_mount_serves_and_refuses_writes() {
+    let m = Mounted::start(&["--read-only"]);
+    let src = fixtures().join("csr_f32.h5ad");
+    let tmp = m.store.join(".incoming");
+    std::fs::copy(&src, &tmp).unwrap();
+    std::fs::rename(&tmp, m.store.join("a.h5ad")).unwrap();
+    assert_eq!(m.wait_done("a")["state"], "ready");
+    m.read_check("a", &[&src], &[]);
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    erofs(
+        std::fs::copy(&src, m.mnt.join("b.h5ad")).map(|_| ()),
+        "drop",
+    );
+    erofs(
+        std::fs::write(m.mnt.join(".control"), b"delete a\n"),
+        ".control",
+    );
+    erofs(std::fs::remove_file(m.mnt.join("a.h5ad")), "rm input");
+    assert!(m.store.join("a").is_dir() && m.store.join("a.h5ad").is_file());
+    assert!(!m.store.join("b.h5ad").exists());
+}
