@@ -307,6 +307,9 @@ impl Leases {
                 // NFS may lose the reply of a link that succeeded: the link count tells.
                 Err(_) if fs::metadata(temp).is_ok_and(|m| m.nlink() == 2) => return Ok(None),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                // Some network file systems report a link onto an existing name as a generic
+                // failure (sshfs: EIO): the name being there is what matters.
+                Err(_) if path.symlink_metadata().is_ok() => {}
                 Err(e) => return Err(crate::Error::io(&path, e)),
             }
             let Some((holder, touched, ino)) = Self::read_holder(&path) else {

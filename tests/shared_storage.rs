@@ -206,7 +206,7 @@ fn two_daemons_over_sshfs_agree_and_convert_once() {
         fixtures().join("csr_f32.h5ad"),
         fixtures().join("csr_i32.h5ad"),
     );
-    for round in 0..3 {
+    for round in 0..8 {
         let file = format!("race{round}.h5ad");
         let (winner, e) = common::race_drops(&a.mnt, &b.mnt, &file, &fa, &fb);
         assert!(
