@@ -73,10 +73,6 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn name(&self) -> &DatasetName {
-        &self.name
-    }
-
     /// True once a heartbeat found the lease taken over by another daemon: do not publish.
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)

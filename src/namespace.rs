@@ -660,11 +660,8 @@ impl Namespace {
         if let Some(l) = ds.take_lease() {
             return Some(l);
         }
-        match self.store.leases().try_acquire(&ds.name, purpose) {
-            Ok(Claim::Taken(l)) => {
-                self.store.clean_leftovers(&ds.name);
-                Some(l)
-            }
+        match self.store.claim(&ds.name, purpose) {
+            Ok(Claim::Taken(l)) => Some(l),
             Ok(Claim::Busy(holder)) => {
                 log::info!("{}: {} elsewhere: {holder}", ds.name, purpose);
                 ds.set_state(State::Remote(holder));
@@ -1500,11 +1497,8 @@ impl Namespace {
         let forget = || {
             self.registry.write().expect("registry").remove(&dname);
         };
-        match self.store.leases().try_acquire(&dname, "upload") {
-            Ok(Claim::Taken(lease)) => {
-                self.store.clean_leftovers(&dname);
-                ds.keep_lease(lease);
-            }
+        match self.store.claim(&dname, "upload") {
+            Ok(Claim::Taken(lease)) => ds.keep_lease(lease),
             Ok(Claim::Busy(holder)) => {
                 log::info!("{dname}: refused a drop: {holder} holds it");
                 forget();
@@ -1810,12 +1804,11 @@ impl Namespace {
             }
             names.push(name);
         }
-        let lease = match self.store.leases().try_acquire(&new, "concat") {
+        let lease = match self.store.claim(&new, "concat") {
             Ok(Claim::Taken(l)) => l,
             Ok(Claim::Busy(h)) => return invalid(format!("{new} is being made: {h}")),
             Err(e) => return Err(io_err(e)),
         };
-        self.store.clean_leftovers(&new);
         let target = {
             let mut reg = self.registry.write().expect("registry");
             if reg.by_name.contains_key(&new)

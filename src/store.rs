@@ -188,9 +188,19 @@ impl Store {
         }
     }
 
+    /// Takes NAME's lease for work that writes NAME (upload, convert, concat) and, once taken,
+    /// removes the leftovers of whoever held it before.
+    pub fn claim(&self, name: &DatasetName, purpose: &str) -> Result<crate::lease::Claim> {
+        let claim = self.leases.try_acquire(name, purpose)?;
+        if let crate::lease::Claim::Taken(_) = &claim {
+            self.clean_leftovers(name);
+        }
+        Ok(claim)
+    }
+
     /// Removes NAME's leftovers (temporary archives, an unfinished upload) once this daemon holds
     /// NAME's lease: whoever made them is gone.
-    pub fn clean_leftovers(&self, name: &DatasetName) {
+    fn clean_leftovers(&self, name: &DatasetName) {
         if let Ok(entries) = fs::read_dir(&self.root) {
             for e in entries.flatten() {
                 let file = e.file_name().to_string_lossy().into_owned();

@@ -578,9 +578,7 @@ fn killed_at_random_moments_nothing_partial_is_served() {
 fn a_read_only_mount_serves_and_refuses_writes() {
     let m = Mounted::start(&["--read-only"]);
     let src = fixtures().join("csr_f32.h5ad");
-    let tmp = m.store.join(".incoming");
-    std::fs::copy(&src, &tmp).unwrap();
-    std::fs::rename(&tmp, m.store.join("a.h5ad")).unwrap();
+    common::place_input(&m.store, "a", &src);
     assert_eq!(m.wait_done("a")["state"], "ready");
     m.read_check("a", &[&src], &[]);
     let erofs = |r: std::io::Result<()>, what: &str| {

@@ -156,9 +156,7 @@ fn three_daemons_agree_and_convert_each_input_once() {
             "dense_f32.h5ad",
             "csc_f32.h5ad",
         ][i % 4];
-        let tmp = store.join(format!(".incoming-{name}"));
-        std::fs::copy(fixtures().join(fixture), &tmp).unwrap();
-        std::fs::rename(&tmp, store.join(format!("{name}.h5ad"))).unwrap();
+        common::place_input(&store, name, &fixtures().join(fixture));
     }
     for name in &names {
         for n in &nodes {

@@ -50,15 +50,7 @@ impl Mount {
     }
 
     fn wait_ready(&self, name: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let st = std::fs::read_to_string(self.mnt.join(name).join("status.json"));
-            if st.as_deref().is_ok_and(|s| s.contains("\"ready\"")) {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "{name}: {st:?}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        common::wait_ready(&self.mnt, name);
     }
 
     fn path(&self, rel: &str) -> String {

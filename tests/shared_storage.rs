@@ -127,18 +127,7 @@ impl Daemon {
     }
 
     fn wait_ready(&self, name: &str) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let st = std::fs::read_to_string(self.mnt.join(name).join("status.json"));
-            if let Ok(st) = &st {
-                assert!(!st.contains("\"failed\""), "{name}: {st}");
-                if st.contains("\"ready\"") {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "{name} not ready: {st:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_ready(&self.mnt, name);
     }
 
     fn conversions_of(&self, name: &str) -> usize {
@@ -189,9 +178,7 @@ fn two_daemons_over_sshfs_agree_and_convert_once() {
             "dense_f32.h5ad",
             "csc_f32.h5ad",
         ][i];
-        let tmp = net2.join("store").join(format!(".incoming-{name}"));
-        std::fs::copy(fixtures().join(f), &tmp).unwrap();
-        std::fs::rename(&tmp, net2.join("store").join(format!("{name}.h5ad"))).unwrap();
+        common::place_input(&net2.join("store"), name, &fixtures().join(f));
     }
     for name in names {
         for d in daemons {

@@ -304,18 +304,25 @@ impl Archive {
         self.read_into(&self.cols, FileNames::COL_PTR, a * s, buf)
     }
 
+    /// Entries [a, b) of an unsigned-integer file (row_ptr, col_ptr) of element type `dtype`.
+    fn read_uints(
+        &self,
+        file: &File,
+        name: &str,
+        dtype: Dtype,
+        a: u64,
+        b: u64,
+    ) -> Result<Vec<u64>> {
+        let s = dtype.size() as u64;
+        let bytes = self.read_bytes(file, name, a * s, ((b - a) * s) as usize)?;
+        let mut out = Vec::with_capacity((b - a) as usize);
+        decode_uints(&bytes, dtype, &mut out);
+        Ok(out)
+    }
+
     /// row_ptr entries [a, b).
     pub fn row_ptrs(&self, a: u64, b: u64) -> Result<Vec<u64>> {
-        let s = self.row_ptr_dtype.size() as u64;
-        let bytes = self.read_bytes(
-            &self.row_ptr,
-            FileNames::ROW_PTR,
-            a * s,
-            ((b - a) * s) as usize,
-        )?;
-        let mut out = Vec::with_capacity((b - a) as usize);
-        decode_uints(&bytes, self.row_ptr_dtype, &mut out);
-        Ok(out)
+        self.read_uints(&self.row_ptr, FileNames::ROW_PTR, self.row_ptr_dtype, a, b)
     }
 
     /// The element range [start, end) of row `row`.
@@ -326,16 +333,7 @@ impl Archive {
 
     /// Column indices of elements [a, b).
     pub fn cols(&self, a: u64, b: u64) -> Result<Vec<u64>> {
-        let s = self.col_dtype.size() as u64;
-        let bytes = self.read_bytes(
-            &self.cols,
-            FileNames::COL_PTR,
-            a * s,
-            ((b - a) * s) as usize,
-        )?;
-        let mut out = Vec::with_capacity((b - a) as usize);
-        decode_uints(&bytes, self.col_dtype, &mut out);
-        Ok(out)
+        self.read_uints(&self.cols, FileNames::COL_PTR, self.col_dtype, a, b)
     }
 
     /// The raw little-endian bytes of values [a, b).

@@ -269,3 +269,17 @@ pub fn wait_done(mnt: &Path, name: &str) -> serde_json::Value {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Like `wait_done`, and NAME must have ended ready.
+pub fn wait_ready(mnt: &Path, name: &str) {
+    let st = wait_done(mnt, name);
+    assert_eq!(st["state"], "ready", "{name}: {st}");
+}
+
+/// Puts `source` into `store` as input NAME.h5ad the way a person or another node would: copied
+/// under a hidden name, then renamed, so no daemon ever sees it half-written.
+pub fn place_input(store: &Path, name: &str, source: &Path) {
+    let tmp = store.join(format!(".incoming-{name}"));
+    std::fs::copy(source, &tmp).unwrap();
+    std::fs::rename(&tmp, store.join(format!("{name}.h5ad"))).unwrap();
+}
