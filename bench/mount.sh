@@ -1,27 +1,54 @@
 #!/usr/bin/env bash
 # Read benchmark through the mount, on the conversion benchmark's dataset (200,000 x 20,000), one
-# reader: random rows/<i>.npy and 1,024-row csr/<a>-<b>.npz, with bionemo-scdl 0.1.3's in-process
-# get_row measured in the same run; then daemon RSS after reading 10^6 distinct row files of a
-# 1,000,000-row dataset.
+# reader.
+#  1. Side by side, interleaved (bench/ab_reads.py): random rows/<i>.npy read over FUSE over
+#     io_uring, over /dev/fuse (--no-io-uring), and from a bare FUSE file system serving files of
+#     the same size (examples/bare_fuse.rs: the ceiling of a fuser server); open+read and np.load;
+#     then 1,024-row csr/<a>-<b>.npz over both transports.
+#  2. bench/mount_reads.py on the io_uring mount: rows, csr ranges and bionemo-scdl 0.1.3's
+#     in-process get_row in the same run.
+#  3. Daemon RSS after reading 10^6 distinct row files of a 1,000,000-row dataset.
+# Needs root (mounts; offering FUSE over io_uring via /sys/module/fuse/parameters/enable_uring).
 #
-#   bench/mount.sh [SECONDS]
+#   bench/mount.sh [SECONDS] [ROUNDS]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)"
 SECONDS_EACH="${1:-10}"
+ROUNDS="${2:-7}"
 DATA="$ROOT/bench-data"
 STORE="$DATA/store"
 MNT="$(mktemp -d)"
-cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
+cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin scdl-fs --example bare_fuse >&2
 BIN="$ROOT/target/release/scdl-fs"
+BARE="$ROOT/target/release/examples/bare_fuse"
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+[[ -w "$URING_PARAM" ]] && echo Y > "$URING_PARAM"
 mkdir -p "$STORE"
 [[ -f "$DATA/bench.h5ad" ]] || "$PY" "$ROOT/bench/make_h5ad.py" "$DATA/bench.h5ad"
 [[ -d "$STORE/bench" ]] || "$BIN" convert "$DATA/bench.h5ad" "$STORE/bench"
 [[ -f "$DATA/tall.h5ad" ]] || "$PY" "$ROOT/bench/make_h5ad.py" "$DATA/tall.h5ad" --rows 1000000 --cols 2000 --density 0.01
 [[ -d "$STORE/tall" ]] || "$BIN" convert "$DATA/tall.h5ad" "$STORE/tall"
-trap 'umount "$MNT" 2>/dev/null || true; rmdir "$MNT"' EXIT
+PLAIN="$(mktemp -d)"
+BAREMNT="$(mktemp -d)"
+trap 'for m in "$MNT" "$PLAIN" "$BAREMNT"; do umount "$m" 2>/dev/null || true; rmdir "$m"; done' EXIT
 "$BIN" mount "$MNT" --store "$STORE"
-echo "## reads, one reader, ${SECONDS_EACH}s per loop"
+"$BIN" mount "$PLAIN" --store "$STORE" --no-io-uring
+ROW_BYTES=$(stat -c %s "$MNT/bench/rows/0.npy")
+"$BARE" "$BAREMNT" 200000 "$ROW_BYTES" 4 &
+for _ in $(seq 50); do mountpoint -q "$BAREMNT" && break; sleep 0.1; done
+echo "## uname: $(uname -r); FUSE over io_uring offered: $(cat "$URING_PARAM" 2>/dev/null || echo no)"
+echo "## random rows/<i>.npy ($ROW_BYTES bytes), side by side, $ROUNDS rounds of 2 s"
+for mode in read npload; do
+  "$PY" "$ROOT/bench/ab_reads.py" --mode "$mode" --rounds "$ROUNDS" \
+    io_uring="$MNT/bench/rows:{}.npy:200000" dev_fuse="$PLAIN/bench/rows:{}.npy:200000" \
+    bare_fuse="$BAREMNT:{}:200000"
+done
+echo "## random 1,024-row csr/<a>-<b>.npz, side by side"
+"$PY" "$ROOT/bench/ab_reads.py" --mode npz --rounds "$ROUNDS" \
+  io_uring="$MNT/bench/csr:{}-{}.npz:200000" dev_fuse="$PLAIN/bench/csr:{}-{}.npz:200000"
+umount "$BAREMNT" "$PLAIN"
+echo "## reads with bionemo-scdl side by side (io_uring mount), one reader, ${SECONDS_EACH}s per loop"
 "$PY" "$ROOT/bench/mount_reads.py" "$MNT" bench --archive "$STORE/bench" --seconds "$SECONDS_EACH"
 
 pid=$(pgrep -f -- "mount $MNT" | head -n 1)

@@ -104,6 +104,7 @@ pub fn mount_args(args: &[OsString]) -> Result<Vec<OsString>, String> {
         match (key, value) {
             ("allow_other", None) => out.push("--allow-other".into()),
             ("ro", None) => out.push("--read-only".into()),
+            ("no_io_uring", None) => out.push("--no-io-uring".into()),
             ("threads" | "conversions" | "data_dtype" | "matrix" | "writers", Some(v))
                 if !v.is_empty() =>
             {
@@ -130,7 +131,7 @@ mod tests {
             "/var/lib/scdl-fs",
             "/mnt/scdl",
             "-o",
-            "ro,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab",
+            "ro,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab,no_io_uring",
         ]))
         .unwrap();
         assert_eq!(
@@ -145,7 +146,8 @@ mod tests {
                 "--threads",
                 "8",
                 "--writers",
-                "lab"
+                "lab",
+                "--no-io-uring"
             ])
         );
     }

@@ -77,9 +77,13 @@ enum Command {
         /// store are still converted). Reads then cost one round trip less (no atime refresh).
         #[arg(long)]
         read_only: bool,
-        /// FUSE worker threads.
+        /// FUSE worker threads (with FUSE over io_uring: per CPU, at least 2).
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Serve every request through /dev/fuse even when the kernel offers FUSE over io_uring
+        /// (`fuse.enable_uring=1`, Linux >= 6.14), whose per-CPU queues are otherwise used.
+        #[arg(long, env = "SCDL_FS_NO_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
+        no_io_uring: bool,
         /// Concurrent conversions.
         #[arg(long, default_value_t = 1)]
         conversions: usize,
@@ -204,6 +208,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             writers,
             read_only,
             threads,
+            no_io_uring,
             conversions,
             data_dtype,
             matrix,
@@ -215,6 +220,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 writers,
                 read_only,
                 threads,
+                io_uring: !no_io_uring,
                 workers: conversions,
                 convert: ConvertOptions {
                     matrix,

@@ -4,14 +4,16 @@
 //! live (or with the reason it could not mount).
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::convert::ConvertOptions;
-use crate::fuse::ScdlFs;
+use crate::fuse::{uring, Core, ScdlFs};
 use crate::namespace::{Namespace, NamespaceOptions};
 use crate::store::Store;
 
@@ -25,6 +27,8 @@ pub struct MountOptions {
     /// Mount read-only (serve only).
     pub read_only: bool,
     pub threads: usize,
+    /// Use FUSE over io_uring when the kernel offers it.
+    pub io_uring: bool,
     pub workers: usize,
     pub convert: ConvertOptions,
 }
@@ -166,8 +170,25 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     // At least two: a lookup may wait for a release that another thread must serve.
     cfg.n_threads = Some(opts.threads.max(2));
     cfg.clone_fd = true;
-    let mut session = fuser::Session::new(ScdlFs::new(ns.clone()), &opts.mountpoint, &cfg)
+    let core = Arc::new(Core::new(ns.clone()));
+    let fs = ScdlFs::new(core.clone(), opts.io_uring);
+    let mut session = fuser::Session::new(fs, &opts.mountpoint, &cfg)
         .map_err(|e| MountError::Mount(e.to_string()))?;
+    let dev = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| MountError::Mount(format!("/dev/fuse: {e}")))?;
+    core.set_device(
+        dev.try_clone()
+            .map_err(|e| MountError::Mount(format!("/dev/fuse: {e}")))?,
+    );
+    if core.io_uring() {
+        match uring::start(core.clone(), &dev, opts.threads) {
+            Ok(n) => log::info!("FUSE over io_uring: {n} queue threads"),
+            Err(e) => log::warn!("FUSE over io_uring not started ({e}); serving /dev/fuse only"),
+        }
+    }
+    core.set_notifier(session.notifier());
     let notifier = session.notifier();
     ns.set_invalidator(Box::new(move |parent, name| {
         let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(name));

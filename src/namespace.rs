@@ -1391,9 +1391,9 @@ impl Namespace {
                         return Err(FsError::TooBig);
                     }
                     let npz = Handle::Npz(Arc::new(std::sync::OnceLock::new()));
-                    return opened(self.new_handle(npz), false, true, None);
+                    return opened(self.new_handle(npz), true, false, None);
                 }
-                opened(self.new_handle(Handle::Computed), false, true, None)
+                opened(self.new_handle(Handle::Computed), true, false, None)
             }
             _ => opened(self.new_handle(Handle::Computed), false, true, None),
         }
@@ -1626,6 +1626,15 @@ impl Namespace {
             Some((Kind::Input, _, _)) => self.getattr(ino_),
             _ => Err(FsError::Access),
         }
+    }
+
+    /// Whether the kernel should drop `ino`'s cached pages when it is closed: a row file, computed
+    /// on demand and rarely read twice. Kept, the page cache of randomly read rows only grows,
+    /// and every row then fills newly allocated pages, which costs more than the row itself
+    /// (on VMs that return free memory to the host, a fault in the host per page); dropped,
+    /// the next row reuses the same pages. Ranges are not cached at all (direct I/O).
+    pub fn drop_cache_at_close(ino_: u64) -> bool {
+        matches!(split(ino_), Some((Kind::Row, _, _)))
     }
 
     /// Closes a handle: a finished upload becomes NAME.h5ad and is queued for conversion; a

@@ -597,3 +597,71 @@ fn a_read_only_mount_serves_and_refuses_writes() {
     assert!(m.store.join("a").is_dir() && m.store.join("a.h5ad").is_file());
     assert!(!m.store.join("b.h5ad").exists());
 }
+
+/// The CPU time (ns, from schedstat) of the daemon's threads whose name starts with `prefix`,
+/// and how many there are.
+fn thread_cpu(pid: i32, prefix: &str) -> (u64, usize) {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+            total.0 += stat
+                .split(' ')
+                .next()
+                .unwrap_or("0")
+                .parse::<u64>()
+                .unwrap();
+            total.1 += 1;
+        }
+    }
+    total
+}
+
+/// Kernels with FUSE over io_uring (Linux >= 6.14) offer it once `fuse.enable_uring` is set;
+/// the tests run as root and set it (it only offers the feature: each mount opts in).
+fn offer_fuse_io_uring() -> bool {
+    let param = Path::new("/sys/module/fuse/parameters/enable_uring");
+    if !param.exists() {
+        eprintln!("this kernel has no FUSE over io_uring: only /dev/fuse is tested");
+        return false;
+    }
+    std::fs::write(param, "Y").expect("enable fuse.enable_uring (tests run as root)");
+    true
+}
+
+/// With FUSE over io_uring offered, the per-CPU queue threads serve the requests: while rows,
+/// ranges and archive files are read, their CPU time grows and the /dev/fuse threads' hardly
+/// does. `--no-io-uring` serves the same reads through /dev/fuse, with no queue threads.
+#[test]
+fn requests_go_through_io_uring_queues_when_the_kernel_offers_them() {
+    if !offer_fuse_io_uring() || std::env::var_os("SCDL_FS_NO_IO_URING").is_some() {
+        return;
+    }
+    let src = fixtures().join("csr_f32.h5ad");
+    let m = Mounted::start(&[]);
+    common::place_input(&m.store, "a", &src);
+    assert_eq!(m.wait_done("a")["state"], "ready");
+    let pid = daemons(&m.mnt)[0];
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let (uring_before, queue_threads) = thread_cpu(pid, "fuse-uring-");
+    let (fuser_before, _) = thread_cpu(pid, "fuser-");
+    assert!(
+        queue_threads >= 2 * cpus,
+        "{queue_threads} queue threads for {cpus} CPUs"
+    );
+    m.read_check("a", &[&src], &[]);
+    let uring_used = thread_cpu(pid, "fuse-uring-").0 - uring_before;
+    let fuser_used = thread_cpu(pid, "fuser-").0 - fuser_before;
+    assert!(
+        uring_used > 10 * fuser_used.max(1_000),
+        "io_uring threads {uring_used} ns, /dev/fuse threads {fuser_used} ns"
+    );
+
+    let plain = Mounted::start(&["--no-io-uring"]);
+    common::place_input(&plain.store, "a", &src);
+    assert_eq!(plain.wait_done("a")["state"], "ready");
+    assert_eq!(thread_cpu(daemons(&plain.mnt)[0], "fuse-uring-").1, 0);
+    plain.read_check("a", &[&src], &[]);
+}

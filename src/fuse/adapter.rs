@@ -1,0 +1,295 @@
+//! The FUSE adapter: a thin `fuser::Filesystem` over `Namespace`, translating inode numbers,
+//! attributes and errors, and using FUSE passthrough for the real archive files when the
+//! kernel offers it (reads then never enter the daemon).
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use super::{errno, Core};
+use crate::namespace::NodeType;
+
+pub struct ScdlFs {
+    core: Arc<Core>,
+    io_uring: bool,
+}
+
+impl ScdlFs {
+    /// `io_uring`: ask the kernel for FUSE over io_uring at INIT (used when it offers it).
+    pub fn new(core: Arc<Core>, io_uring: bool) -> ScdlFs {
+        ScdlFs { core, io_uring }
+    }
+}
+
+/// The largest READ/WRITE payload: it sizes every io_uring queue entry's buffer.
+pub const MAX_TRANSFER: u32 = 1 << 20;
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::ENOENT)
+}
+
+const GENERATION: Generation = Generation(0);
+
+impl Filesystem for ScdlFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(MAX_TRANSFER);
+        let _ = config.set_max_write(MAX_TRANSFER);
+        let passthrough = std::env::var_os("SCDL_FS_NO_PASSTHROUGH").is_none()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        self.core.set_passthrough(passthrough);
+        // Ranges are direct I/O (no page cache); np.load(mmap_mode=...) should still work.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        let uring = self.io_uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok();
+        if self.io_uring && !uring {
+            log::info!(
+                "the kernel does not offer FUSE over io_uring (Linux >= 6.14 has it when \
+                 /sys/module/fuse/parameters/enable_uring is Y): serving through /dev/fuse"
+            );
+        }
+        self.core.set_io_uring(uring);
+        log::info!("FUSE initialised (passthrough: {passthrough}, io_uring: {uring})");
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.core.ns.shutdown();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r =
+            name_str(name).and_then(|n| self.core.ns.lookup(parent.0, n).map_err(|e| errno(&e)));
+        match r {
+            Ok(a) => reply.entry(&a.ttl, &self.core.attr(&a), GENERATION),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.ns.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.core.ns.getattr(ino.0) {
+            Ok(a) => reply.attr(&a.ttl, &self.core.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.core.setattr(
+            ino.0,
+            mode.is_some() || uid.is_some() || gid.is_some(),
+            size,
+        ) {
+            Ok(a) => reply.attr(&a.ttl, &self.core.attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name).and_then(|n| self.core.ns.unlink(parent.0, n).map_err(|e| errno(&e))) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.open(ino.0, flags.0) {
+            Ok(o) => match o.backing_id {
+                Some(id) => {
+                    // SAFETY: `id` is a live backing id of this connection, owned by the core;
+                    // the wrapper is turned back into the raw id below, so it never closes it.
+                    let wrapped = unsafe { reply.wrap_backing(id) };
+                    reply.opened_passthrough(FileHandle(o.fh), o.flags, &wrapped);
+                    wrapped.into_raw();
+                }
+                None => reply.opened(FileHandle(o.fh), o.flags),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.core.ns.read(ino.0, fh.0, offset, size) {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.core.ns.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.ns.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.release(ino.0, fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.core.ns.readdir(ino.0, offset, 256) {
+            Ok(entries) => {
+                for e in entries {
+                    let kind = match e.kind {
+                        NodeType::Dir => FileType::Directory,
+                        NodeType::File => FileType::RegularFile,
+                    };
+                    if reply.add(INodeNo(e.ino), e.next, kind, &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r =
+            name_str(name).and_then(|n| self.core.ns.create(parent.0, n).map_err(|e| errno(&e)));
+        match r {
+            Ok((a, o)) => {
+                let flags = Core::cache_flags(&o);
+                reply.created(
+                    &Duration::from_secs(1),
+                    &self.core.attr(&a),
+                    GENERATION,
+                    FileHandle(o.fh),
+                    flags,
+                )
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}
