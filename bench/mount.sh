@@ -31,11 +31,13 @@ mkdir -p "$STORE"
 [[ -d "$STORE/tall" ]] || "$BIN" convert "$DATA/tall.h5ad" "$STORE/tall"
 PLAIN="$(mktemp -d)"
 BAREMNT="$(mktemp -d)"
-trap 'for m in "$MNT" "$PLAIN" "$BAREMNT"; do umount "$m" 2>/dev/null || true; rmdir "$m"; done' EXIT
+trap 'for m in "$MNT" "$PLAIN" "$BAREMNT"; do umount "$m" 2>/dev/null || true; rmdir "$m"; done; rm -f "${ROW_FILE:-}"' EXIT
 "$BIN" mount "$MNT" --store "$STORE"
 "$BIN" mount "$PLAIN" --store "$STORE" --no-io-uring
 ROW_BYTES=$(stat -c %s "$MNT/bench/rows/0.npy")
-"$BARE" "$BAREMNT" 200000 "$ROW_BYTES" 4 &
+ROW_FILE="$(mktemp)"
+cp "$MNT/bench/rows/0.npy" "$ROW_FILE"  # the bare file system serves copies of a real row
+"$BARE" "$BAREMNT" 200000 "@$ROW_FILE" 4 &
 for _ in $(seq 50); do mountpoint -q "$BAREMNT" && break; sleep 0.1; done
 echo "## uname: $(uname -r); FUSE over io_uring offered: $(cat "$URING_PARAM" 2>/dev/null || echo no)"
 echo "## random rows/<i>.npy ($ROW_BYTES bytes), side by side, $ROUNDS rounds of 2 s"

@@ -1,10 +1,10 @@
 //! A bare FUSE filesystem for benchmarks: the ceiling scdl-fs's row reads are compared with.
 //!
-//! It serves N files `0`, `1`, ... `N-1` of SIZE zero bytes in its root, with the same fuser
-//! session settings as `scdl-fs mount` (threads, cloned descriptors, long TTLs, kept cache) and no
-//! work per request beyond the FUSE protocol itself.
+//! It serves N files `0`, `1`, ... `N-1` of SIZE zero bytes (or of the bytes of FILE) in its
+//! root, over /dev/fuse with the same fuser session settings as `scdl-fs mount` (threads, cloned
+//! descriptors, long TTLs, kept cache) and no work per request beyond the FUSE protocol itself.
 //!
-//!     cargo run --release --example bare_fuse -- MOUNTPOINT [FILES] [SIZE] [THREADS]
+//!     cargo run --release --example bare_fuse -- MOUNTPOINT [FILES] [SIZE|@FILE] [THREADS]
 //!
 //! It runs in the foreground until unmounted.
 
@@ -95,13 +95,18 @@ impl Filesystem for Bare {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(mountpoint) = args.get(1) else {
-        eprintln!("usage: bare_fuse MOUNTPOINT [FILES] [SIZE] [THREADS]");
+        eprintln!("usage: bare_fuse MOUNTPOINT [FILES] [SIZE|@FILE] [THREADS]");
         std::process::exit(2);
     };
     let number = |i: usize, default: u64| args.get(i).map_or(default, |a| a.parse().unwrap());
+    // SIZE zero bytes, or `@FILE`: the bytes of FILE (say a real row .npy, for np.load).
+    let content = match args.get(3).and_then(|a| a.strip_prefix('@')) {
+        Some(file) => std::fs::read(file).expect("read the content file"),
+        None => vec![0; number(3, 128) as usize],
+    };
     let fs = Bare {
         files: number(2, 1_000_000),
-        content: vec![0; number(3, 128) as usize],
+        content,
     };
     let mut cfg = Config::default();
     cfg.mount_options = vec![
