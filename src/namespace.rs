@@ -393,8 +393,11 @@ enum Handle {
     /// A csr .npz, rendered whole at the first read that reaches the daemon (a re-opened range
     /// whose pages the kernel still caches is never rendered again), immutable after.
     Npz(Arc<std::sync::OnceLock<FsResult<Vec<u8>>>>),
-    /// Contents computed at each read (rows, status, feature json, .control).
+    /// Contents computed at each read (rows, ranges, feature json).
     Computed,
+    /// Contents taken once at open (status.json, `.control` read): however the reader splits
+    /// its reads, one open reads one consistent document, and the next open a newer one.
+    Snapshot(Arc<[u8]>),
     /// An input being written through the mount.
     Upload { dataset: Arc<Dataset>, file: File },
     /// `.control` opened for writing: bytes of an unfinished line.
@@ -1345,7 +1348,7 @@ impl Namespace {
             let h = if write {
                 Handle::Control(Vec::new())
             } else {
-                Handle::Computed
+                Handle::Snapshot(self.control_text().into_bytes().into())
             };
             return opened(self.new_handle(h), true, false, None);
         }
@@ -1364,7 +1367,10 @@ impl Namespace {
         }
         let _ = truncate;
         match kind {
-            Kind::Status => opened(self.new_handle(Handle::Computed), true, false, None),
+            Kind::Status => {
+                let status = Handle::Snapshot(ds.status_json().into());
+                opened(self.new_handle(status), true, false, None)
+            }
             Kind::Input => {
                 let path = if matches!(ds.state(), State::Uploading) {
                     self.store.upload_path(&ds.name)
@@ -1417,29 +1423,36 @@ impl Namespace {
             let end = start.saturating_add(size as usize).min(bytes.len());
             bytes[start..end].to_vec()
         };
-        if ino_ == CONTROL_INO {
-            return Ok(slice(self.control_text().as_bytes()));
+        enum Source {
+            File(Arc<File>),
+            Npz(Arc<std::sync::OnceLock<FsResult<Vec<u8>>>>),
+            Snapshot(Arc<[u8]>),
         }
-        let handle = {
+        let source = {
             let h = self.handles.lock().expect("handles");
             match h.get(&fh) {
-                Some(Handle::File(f)) => Some(Ok(f.clone())),
-                Some(Handle::Npz(b)) => Some(Err(b.clone())),
+                Some(Handle::File(f)) => Some(Source::File(f.clone())),
+                Some(Handle::Npz(b)) => Some(Source::Npz(b.clone())),
+                Some(Handle::Snapshot(b)) => Some(Source::Snapshot(b.clone())),
                 _ => None,
             }
         };
-        match handle {
-            Some(Ok(file)) => {
+        match source {
+            Some(Source::File(file)) => {
                 let mut buf = vec![0u8; size as usize];
                 let n = read_at_full(&file, &mut buf, offset).map_err(io_err)?;
                 buf.truncate(n);
                 return Ok(buf);
             }
-            Some(Err(npz)) => {
+            Some(Source::Npz(npz)) => {
                 let bytes = npz.get_or_init(|| self.render_npz(ino_));
                 return bytes.as_ref().map(|b| slice(b)).map_err(Clone::clone);
             }
+            Some(Source::Snapshot(bytes)) => return Ok(slice(&bytes)),
             None => {}
+        }
+        if ino_ == CONTROL_INO {
+            return Ok(slice(self.control_text().as_bytes()));
         }
         let (kind, id, index) = split(ino_).ok_or(FsError::NotFound)?;
         let ds = self.dataset_by_id(id)?;

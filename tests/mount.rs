@@ -665,3 +665,28 @@ fn requests_go_through_io_uring_queues_when_the_kernel_offers_them() {
     assert_eq!(thread_cpu(daemons(&plain.mnt)[0], "fuse-uring-").1, 0);
     plain.read_check("a", &[&src], &[]);
 }
+
+/// Once FUSE over io_uring is agreed, the kernel holds every request until all queues are
+/// registered: a queue that cannot be (test-only fault switch) must not hang the mount. The
+/// daemon has the kernel give io_uring up, and everything is served through /dev/fuse.
+#[test]
+fn a_queue_that_cannot_register_falls_back_to_dev_fuse() {
+    if !offer_fuse_io_uring() || std::env::var_os("SCDL_FS_NO_IO_URING").is_some() {
+        return;
+    }
+    let src = fixtures().join("csr_f32.h5ad");
+    let m = Mounted::start_with_env(&[], &[("SCDL_FS_IO_URING_FAULT", "register")]);
+    common::place_input(&m.store, "a", &src);
+    let root = m.mnt.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_dir(&root).map(|d| d.count()));
+    });
+    let listed = rx.recv_timeout(Duration::from_secs(20));
+    assert!(
+        matches!(listed, Ok(Ok(_))),
+        "the mount does not answer: {listed:?}"
+    );
+    assert_eq!(m.wait_done("a")["state"], "ready");
+    m.read_check("a", &[&src], &[]);
+}

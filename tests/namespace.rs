@@ -467,3 +467,43 @@ fn a_flush_from_a_forked_copy_does_not_publish_a_half_written_drop() {
         bytes
     );
 }
+
+/// status.json and `.control` are read as they were at open: a reader whose reads straddle a
+/// change gets one whole document (the next open sees the change), not the start of one and the
+/// end of another.
+#[test]
+fn an_open_status_or_control_reads_one_consistent_document() {
+    let fx = namespace_with(|_| {});
+    let ns = &fx.ns;
+    drop_file(ns, "a.h5ad", &fixtures().join("csr_f32.h5ad")).unwrap();
+    let status_ino = path_ino(ns, "a/status.json").unwrap();
+    let control = path_ino(ns, ".control").unwrap();
+    let st = ns.open(status_ino, false, false).unwrap();
+    let log = ns.open(control, false, false).unwrap();
+    let status_head = ns.read(status_ino, st.fh, 0, 7).unwrap();
+    let log_head = ns.read(control, log.fh, 0, 0).unwrap();
+    // Both change: the conversion ends, a command is logged.
+    assert!(ns.wait_idle(Duration::from_secs(30)));
+    let w = ns.open(control, true, false).unwrap();
+    assert!(ns.write(w.fh, 0, b"frobnicate\n").is_err());
+    ns.release(w.fh).unwrap();
+    let rest = |ino, fh, from: &[u8]| {
+        let mut all = from.to_vec();
+        all.extend(ns.read(ino, fh, from.len() as u64, 1 << 20).unwrap());
+        all
+    };
+    let first: serde_json::Value =
+        serde_json::from_slice(&rest(status_ino, st.fh, &status_head)).unwrap();
+    assert_ne!(first["state"], "ready", "{first}");
+    assert!(rest(control, log.fh, &log_head).is_empty());
+    ns.release(st.fh).unwrap();
+    ns.release(log.fh).unwrap();
+    assert_eq!(status(ns, "a")["state"], "ready");
+    assert_eq!(
+        String::from_utf8(read_all(ns, control))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+}

@@ -46,16 +46,27 @@ impl Filesystem for ScdlFs {
         self.core.set_passthrough(passthrough);
         // Ranges are direct I/O (no page cache); np.load(mmap_mode=...) should still work.
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
-        let uring = self.io_uring
-            && config
-                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
-                .is_ok();
-        if self.io_uring && !uring {
+        // Once agreed, the kernel holds every request until the queues are registered: ask only
+        // when this process can create io_uring rings at all.
+        let offered = config
+            .capabilities()
+            .contains(InitFlags::FUSE_OVER_IO_URING);
+        let uring = if !self.io_uring {
+            false
+        } else if !offered {
             log::info!(
                 "the kernel does not offer FUSE over io_uring (Linux >= 6.14 has it when \
                  /sys/module/fuse/parameters/enable_uring is Y): serving through /dev/fuse"
             );
-        }
+            false
+        } else if !super::uring::available() {
+            log::warn!("io_uring is unavailable to this process: serving through /dev/fuse");
+            false
+        } else {
+            config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+        };
         self.core.set_io_uring(uring);
         log::info!("FUSE initialised (passthrough: {passthrough}, io_uring: {uring})");
         Ok(())

@@ -26,9 +26,36 @@ pub const MIN_THREADS_PER_QUEUE: usize = 2;
 /// The kernel needs room for the largest READ or WRITE in every entry's payload buffer.
 const PAYLOAD_SIZE: usize = MAX_TRANSFER as usize;
 
+/// Whether this process can create the rings: asked before INIT requests FUSE over io_uring,
+/// because once it is agreed the kernel holds every request until all queues are registered.
+pub fn available() -> bool {
+    IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_single_issuer()
+        .build(1)
+        .is_ok()
+}
+
 /// Starts the queue threads over `dev` (this mount's /dev/fuse), one queue per possible CPU,
-/// `threads` in all (at least two per queue). Returns how many threads run.
+/// `threads` in all (at least two per queue). Returns how many threads run. On failure the
+/// kernel is told to give io_uring up for this connection, so requests go on through /dev/fuse.
 pub fn start(core: Arc<Core>, dev: &OwnedFd, threads: usize) -> std::io::Result<usize> {
+    register_queues(core, dev, threads).inspect_err(|_| give_up(dev))
+}
+
+/// A REGISTER the kernel must refuse (no such queue): refusing it, the kernel turns io_uring off
+/// for the connection and releases the requests waiting for the queues.
+fn give_up(dev: &OwnedFd) {
+    let refused = dev
+        .try_clone()
+        .and_then(|dev| Queue::register(dev, u16::MAX))
+        .and_then(|mut q| q.next_completion());
+    match refused {
+        Ok(r) if r < 0 => log::info!("FUSE over io_uring given up for this mount"),
+        other => log::error!("FUSE over io_uring could not be given up ({other:?})"),
+    }
+}
+
+fn register_queues(core: Arc<Core>, dev: &OwnedFd, threads: usize) -> std::io::Result<usize> {
     let queues = possible_cpus();
     let threads_per_queue = threads.div_ceil(queues);
     let mut started = 0;
@@ -86,6 +113,12 @@ impl Queue {
     /// Creates the ring and registers the entry with the kernel; the first completion is the
     /// first request.
     fn register(dev: OwnedFd, qid: u16) -> std::io::Result<Queue> {
+        // Test-only fault switch: a queue that cannot be registered.
+        if qid == 1 && std::env::var_os("SCDL_FS_IO_URING_FAULT").is_some_and(|v| v == "register") {
+            return Err(std::io::Error::other(
+                "queue 1 refused (SCDL_FS_IO_URING_FAULT)",
+            ));
+        }
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_single_issuer()
             .build(4)?;
@@ -122,8 +155,21 @@ impl Queue {
         // array, and to `self.dev`, which outlives the ring.
         unsafe { self.ring.submission().push(&sqe) }
             .map_err(|_| std::io::Error::other("io_uring submission queue full"))?;
-        self.ring.submit()?;
-        Ok(())
+        // An entry whose answer is never committed would leave its reader waiting for good.
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) =>
+                {
+                    std::thread::yield_now()
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Waits for a request, answers it, and hands the answer back with the next fetch, until
