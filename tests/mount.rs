@@ -690,3 +690,37 @@ fn a_queue_that_cannot_register_falls_back_to_dev_fuse() {
     assert_eq!(m.wait_done("a")["state"], "ready");
     m.read_check("a", &[&src], &[]);
 }
+
+/// Resident pages of a file in the kernel's page cache, by fincore(1) (util-linux).
+fn resident_pages(path: &Path) -> u64 {
+    let o = Command::new("fincore")
+        .args(["--noheadings", "--bytes", "--output", "PAGES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux)");
+    assert!(o.status.success(), "fincore: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+}
+
+/// A row file's pages are dropped once it is closed (random rows would otherwise fill the page
+/// cache with pages read once); a feature file's stay cached across opens.
+#[test]
+fn row_pages_are_dropped_at_close_feature_pages_are_kept() {
+    let src = fixtures().join("csr_f32.h5ad");
+    let m = Mounted::start(&[]);
+    common::place_input(&m.store, "a", &src);
+    assert_eq!(m.wait_done("a")["state"], "ready");
+    let row = m.mnt.join("a/rows/3.npy");
+    let feature = m.mnt.join("a/features/0.json");
+    assert!(!std::fs::read(&row).unwrap().is_empty());
+    assert!(!std::fs::read(&feature).unwrap().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while resident_pages(&row) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(resident_pages(&row), 0, "row pages still cached");
+    assert!(
+        resident_pages(&feature) > 0,
+        "feature pages were not cached"
+    );
+}

@@ -29,8 +29,10 @@ pub struct Core {
     io_uring: AtomicBool,
     /// A descriptor of this mount's /dev/fuse connection, for the backing-file ioctls.
     dev: OnceLock<OwnedFd>,
-    /// Sends cache invalidations to the kernel, known once mounted.
-    notifier: OnceLock<fuser::Notifier>,
+    /// Rows whose pages the kernel should drop, for the thread that tells it (known once
+    /// mounted). Not done by the request thread: invalidating waits for the pages' locks, which
+    /// a READ still queued for this daemon may hold.
+    page_drops: OnceLock<std::sync::mpsc::Sender<u64>>,
     /// Backing ids of passthrough opens by inode, with their open count: the kernel wants every
     /// open of one inode to share one backing file, and closing the id releases it.
     backing: Mutex<HashMap<u64, (u32, usize)>>,
@@ -56,7 +58,7 @@ impl Core {
             passthrough: AtomicBool::new(false),
             io_uring: AtomicBool::new(false),
             dev: OnceLock::new(),
-            notifier: OnceLock::new(),
+            page_drops: OnceLock::new(),
             backing: Mutex::new(HashMap::new()),
             backing_handles: Mutex::new(HashMap::new()),
         }
@@ -81,8 +83,23 @@ impl Core {
         let _ = self.dev.set(dev);
     }
 
+    /// Starts the thread that asks the kernel to drop pages, through `notifier`.
     pub fn set_notifier(&self, notifier: fuser::Notifier) {
-        let _ = self.notifier.set(notifier);
+        let (drops, inodes) = std::sync::mpsc::channel::<u64>();
+        if self.page_drops.set(drops).is_err() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("page-drops".into())
+            .spawn(move || {
+                for ino in inodes {
+                    // Offset 0, length 0: every page of the file.
+                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("no page-drop thread ({e}): row pages stay cached");
+        }
     }
 
     pub fn attr(&self, a: &Attr) -> FileAttr {
@@ -197,9 +214,8 @@ impl Core {
     /// handle.
     pub fn release(&self, ino: u64, fh: u64) -> Result<(), Errno> {
         if Namespace::drop_cache_at_close(ino) {
-            if let Some(n) = self.notifier.get() {
-                // Offset 0, length 0: every page of the file.
-                let _ = n.inval_inode(INodeNo(ino), 0, 0);
+            if let Some(drops) = self.page_drops.get() {
+                let _ = drops.send(ino);
             }
         }
         // Lock order: never hold `backing_handles` while taking `backing` (open does the reverse).
