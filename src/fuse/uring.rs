@@ -6,7 +6,8 @@
 //! Requests arrive in a per-entry header buffer (`fuse_in_header`, the operation's header) and
 //! payload buffer (names, written data); the answer goes back in the same buffers with
 //! COMMIT_AND_FETCH, which also waits for the next request. FORGET and INTERRUPT still come
-//! through /dev/fuse (the fuser session), as do requests made before every queue is registered.
+//! through /dev/fuse (the fuser session). Once io_uring is agreed at INIT, the kernel holds new
+//! requests until every queue is registered, or until the daemon gives io_uring up.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
