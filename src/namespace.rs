@@ -1457,7 +1457,6 @@ impl Namespace {
         let (kind, id, index) = split(ino_).ok_or(FsError::NotFound)?;
         let ds = self.dataset_by_id(id)?;
         match kind {
-            Kind::Status => Ok(slice(&ds.status_json())),
             Kind::FeatureJson => {
                 let r = ds.ready().ok_or(FsError::NotFound)?;
                 Ok(slice(

@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags, KernelConfig,
@@ -12,7 +12,7 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use super::{errno, Core};
+use super::{errno, Core, CREATED_TTL, MAX_TRANSFER, READDIR_BATCH};
 use crate::namespace::NodeType;
 
 pub struct ScdlFs {
@@ -26,9 +26,6 @@ impl ScdlFs {
         ScdlFs { core, io_uring }
     }
 }
-
-/// The largest READ/WRITE payload: it sizes every io_uring queue entry's buffer.
-pub const MAX_TRANSFER: u32 = 1 << 20;
 
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     name.to_str().ok_or(Errno::ENOENT)
@@ -231,7 +228,7 @@ impl Filesystem for ScdlFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.core.ns.readdir(ino.0, offset, 256) {
+        match self.core.ns.readdir(ino.0, offset, READDIR_BATCH) {
             Ok(entries) => {
                 for e in entries {
                     let kind = match e.kind {
@@ -258,18 +255,9 @@ impl Filesystem for ScdlFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let r =
-            name_str(name).and_then(|n| self.core.ns.create(parent.0, n).map_err(|e| errno(&e)));
-        match r {
-            Ok((a, o)) => {
-                let flags = Core::cache_flags(&o);
-                reply.created(
-                    &Duration::from_secs(1),
-                    &self.core.attr(&a),
-                    GENERATION,
-                    FileHandle(o.fh),
-                    flags,
-                )
+        match name_str(name).and_then(|n| self.core.create(parent.0, n)) {
+            Ok((attr, o)) => {
+                reply.created(&CREATED_TTL, &attr, GENERATION, FileHandle(o.fh), o.flags)
             }
             Err(e) => reply.error(e),
         }

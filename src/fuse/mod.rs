@@ -19,6 +19,15 @@ pub use adapter::ScdlFs;
 
 use crate::namespace::{Attr, FsError, Namespace, NodeType, Opened};
 
+/// The largest READ/WRITE payload: it sizes every io_uring queue entry's buffer.
+pub const MAX_TRANSFER: u32 = 1 << 20;
+
+/// Directory entries produced per READDIR (the kernel asks again from the last offset).
+pub const READDIR_BATCH: usize = 256;
+
+/// How long the kernel may cache the attributes of an upload just created (it still grows).
+pub const CREATED_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The state both transports serve from.
 pub struct Core {
     pub ns: Arc<Namespace>,
@@ -135,6 +144,17 @@ impl Core {
             f |= FopenFlags::FOPEN_KEEP_CACHE;
         }
         f
+    }
+
+    /// Creates the upload `name` in `parent`: its attributes and its open handle.
+    pub fn create(&self, parent: u64, name: &str) -> Result<(FileAttr, OpenReply), Errno> {
+        let (a, o) = self.ns.create(parent, name).map_err(|e| errno(&e))?;
+        let opened = OpenReply {
+            fh: o.fh,
+            flags: Self::cache_flags(&o),
+            backing_id: None,
+        };
+        Ok((self.attr(&a), opened))
     }
 
     /// Modes, owners and times are the store's: changing them is accepted (and ignored) only on

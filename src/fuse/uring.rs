@@ -16,8 +16,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::abi::{self, InHeader, Reply};
-use super::adapter::MAX_TRANSFER;
-use super::{errno, Core, OpenReply};
+use super::{errno, Core, OpenReply, CREATED_TTL, MAX_TRANSFER, READDIR_BATCH};
 use crate::namespace::NodeType;
 
 /// How many requests one queue serves at once: a lookup may wait for a release of the same
@@ -353,21 +352,13 @@ fn handle(core: &Core, req: &InHeader, op: &[u8], payload: &[u8]) -> Answered {
         abi::READDIR => {
             let (offset, size) = (abi::u64_at(op, 8), abi::u32_at(op, 16));
             Ok(Answer::Dir(
-                fs(ns.readdir(ino, offset, 256))?,
+                fs(ns.readdir(ino, offset, READDIR_BATCH))?,
                 size as usize,
             ))
         }
         abi::CREATE => {
-            let (a, o) = fs(ns.create(ino, name_arg(payload)?))?;
-            let flags = Core::cache_flags(&o);
-            Ok(Answer::Created(
-                core.attr(&a),
-                OpenReply {
-                    fh: o.fh,
-                    flags,
-                    backing_id: None,
-                },
-            ))
+            let (attr, o) = core.create(ino, name_arg(payload)?).map_err(|e| e.code())?;
+            Ok(Answer::Created(attr, o))
         }
         abi::MKDIR | abi::RMDIR | abi::RENAME | abi::RENAME2 => Err(libc::EROFS),
         _ => Err(libc::ENOSYS),
@@ -391,10 +382,7 @@ fn encode(answer: &Answer, payload: &mut [u8]) -> Result<usize, i32> {
         Answer::Entry(a, ttl) => out.entry(a, *ttl).map(|_| ()),
         Answer::Attr(a, ttl) => out.attr_out(a, *ttl).map(|_| ()),
         Answer::Open(o) => open(&mut out, o),
-        // As the fuser adapter: a new upload's attributes are cached for a second.
-        Answer::Created(a, o) => out
-            .entry(a, Duration::from_secs(1))
-            .and_then(|out| open(out, o)),
+        Answer::Created(a, o) => out.entry(a, CREATED_TTL).and_then(|out| open(out, o)),
         Answer::Written(n) => out.written(*n).map(|_| ()),
         Answer::Data(bytes) => out.bytes(bytes).map(|_| ()),
         Answer::Statfs => out.statfs().map(|_| ()),
