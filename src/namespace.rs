@@ -681,11 +681,7 @@ impl Namespace {
     /// After taking the lease: the work may have been done (or found impossible) meanwhile by
     /// the daemon that held it. True when there is nothing left to do.
     fn done_elsewhere(&self, ds: &Arc<Dataset>) -> bool {
-        let entry = crate::store::Entry {
-            has_archive: self.store.archive_path(&ds.name).is_dir(),
-            has_input: self.store.input_path(&ds.name).is_file(),
-            has_job: self.store.job(&ds.name).is_some(),
-        };
+        let entry = self.store.entry(&ds.name);
         let failed = self.store.failure(&ds.name).is_some();
         if entry.has_archive || failed || (!entry.has_input && !entry.has_job) {
             self.settle(ds, &entry);
@@ -1496,10 +1492,7 @@ impl Namespace {
         self.rescan_if_stale();
         let ds = {
             let mut reg = self.registry.write().expect("registry");
-            if reg.by_name.contains_key(&dname)
-                || self.store.input_path(&dname).exists()
-                || self.store.archive_path(&dname).exists()
-            {
+            if reg.by_name.contains_key(&dname) || self.store.holds(&dname) {
                 return Err(FsError::Exists);
             }
             reg.insert(dname.clone(), State::Uploading)
@@ -1521,17 +1514,11 @@ impl Namespace {
                 return Err(io_err(e));
             }
         }
-        if self.store.input_path(&dname).exists() || self.store.archive_path(&dname).exists() {
+        if self.store.holds(&dname) {
             forget();
             return Err(FsError::Exists);
         }
-        let path = self.store.upload_path(&dname);
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
+        let file = match self.store.create_upload(&dname) {
             Ok(f) => f,
             Err(e) => {
                 forget();
@@ -1598,11 +1585,7 @@ impl Namespace {
                 FsError::ReadOnly
             });
         }
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.store.upload_path(&ds.name))
-            .map_err(io_err)?;
-        f.set_len(size).map_err(io_err)?;
+        self.store.truncate_upload(&ds.name, size).map_err(io_err)?;
         self.getattr(ino_)
     }
 
@@ -1663,18 +1646,10 @@ impl Namespace {
     }
 
     fn finish_upload(&self, ds: Arc<Dataset>, file: File) -> FsResult<()> {
-        let from = self.store.upload_path(&ds.name);
-        let to = self.store.input_path(&ds.name);
-        let published = file
-            .sync_all()
-            .map_err(io_err)
-            .and_then(|_| crate::archive::rename_no_replace(&from, &to).map_err(io_err))
-            .and_then(|_| crate::archive::sync_dir(self.store.root()).map_err(io_err));
-        if let Err(e) = published {
-            log::error!("{}: upload could not be published: {e:?}", ds.name);
-            let _ = std::fs::remove_file(&from);
+        if let Err(e) = self.store.publish_upload(&ds.name, &file) {
+            log::error!("{}: upload could not be published: {e}", ds.name);
             self.registry.write().expect("registry").remove(&ds.name);
-            return Err(e);
+            return Err(io_err(e));
         }
         ds.has_input.store(true, Ordering::Relaxed);
         ds.set_state(State::Queued);
@@ -1700,10 +1675,9 @@ impl Namespace {
             Ok(Claim::Busy(_)) => return Err(FsError::Busy),
             Err(e) => return Err(io_err(e)),
         };
-        std::fs::remove_file(self.store.input_path(&ds.name)).map_err(io_err)?;
-        self.store.clear_failure(&ds.name);
+        self.store.remove_input(&ds.name).map_err(io_err)?;
         ds.has_input.store(false, Ordering::Relaxed);
-        if matches!(ds.state(), State::Failed(_)) && !self.store.archive_path(&ds.name).exists() {
+        if matches!(ds.state(), State::Failed(_)) && !self.store.entry(&ds.name).has_archive {
             self.registry.write().expect("registry").remove(&ds.name);
             self.forget_names_later(ds.name.clone());
         }
@@ -1832,10 +1806,7 @@ impl Namespace {
         };
         let target = {
             let mut reg = self.registry.write().expect("registry");
-            if reg.by_name.contains_key(&new)
-                || self.store.archive_path(&new).exists()
-                || self.store.input_path(&new).exists()
-            {
+            if reg.by_name.contains_key(&new) || self.store.holds(&new) {
                 return invalid(format!("{new} already exists"));
             }
             reg.insert(new.clone(), State::Converting)

@@ -160,6 +160,60 @@ impl Store {
         self.uploads_dir().join(name.input_file_name())
     }
 
+    /// What the store holds under `name` right now.
+    pub fn entry(&self, name: &DatasetName) -> Entry {
+        Entry {
+            has_archive: self.archive_path(name).is_dir(),
+            has_input: self.input_path(name).is_file(),
+            has_job: self.job(name).is_some(),
+        }
+    }
+
+    /// Whether `name` is taken in the store: an archive or an input (of any file type) is there.
+    pub fn holds(&self, name: &DatasetName) -> bool {
+        self.input_path(name).exists() || self.archive_path(name).exists()
+    }
+
+    /// Creates the upload file of `name` (`O_EXCL`: an `AlreadyExists` error when one is there).
+    pub fn create_upload(&self, name: &DatasetName) -> std::io::Result<fs::File> {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.upload_path(name))
+    }
+
+    /// Sets the length of `name`'s upload in progress (a truncating open or `truncate(2)`).
+    pub fn truncate_upload(&self, name: &DatasetName, size: u64) -> Result<()> {
+        let path = self.upload_path(name);
+        let f = fs::OpenOptions::new().write(true).open(&path).at(&path)?;
+        f.set_len(size).at(&path)
+    }
+
+    /// Makes a finished upload `NAME.h5ad` in the store, durably (file and directory synced) and
+    /// without replacing anything there; on failure the upload file is removed.
+    pub fn publish_upload(&self, name: &DatasetName, file: &fs::File) -> Result<()> {
+        let from = self.upload_path(name);
+        let to = self.input_path(name);
+        let published = file
+            .sync_all()
+            .at(&from)
+            .and_then(|_| crate::archive::rename_no_replace(&from, &to))
+            .and_then(|_| crate::archive::sync_dir(&self.root));
+        if published.is_err() {
+            let _ = fs::remove_file(&from);
+        }
+        published
+    }
+
+    /// Removes the input `NAME.h5ad` and the record of its failed conversion.
+    pub fn remove_input(&self, name: &DatasetName) -> Result<()> {
+        let path = self.input_path(name);
+        fs::remove_file(&path).at(&path)?;
+        self.clear_failure(name);
+        Ok(())
+    }
+
     /// Removes what interrupted daemons left: temporary archive directories and uploads that
     /// were never closed (a cut-off upload must not be converted as if complete). Only for names
     /// no live daemon holds: another node may be converting or uploading right now.
