@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use scdl_fs::archive::Archive;
+use scdl_fs::catalog::CatalogOptions;
 use scdl_fs::convert::{self, ConvertOptions, Quiet};
 use scdl_fs::namespace::{FsError, Namespace, NamespaceOptions, NodeType, ROOT_INO};
 use scdl_fs::npy::{self, NpyArray};
@@ -138,8 +139,11 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 fn options(workers: usize) -> NamespaceOptions {
     NamespaceOptions {
-        workers,
-        converter: None,
+        catalog: CatalogOptions {
+            workers,
+            converter: None,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

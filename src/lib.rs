@@ -6,7 +6,8 @@
 //! ```text
 //! h5ad (read AnnData) -> convert (pipeline) -> archive (SCDL files) + features (gene index)
 //!     archives -> concat -> archive
-//!     -> store (archives and inputs on disk) -> namespace (the mounted tree, plain Rust)
+//!     -> store (archives and inputs on disk) -> catalog (datasets, their states and the work
+//!     on them) -> namespace (the mounted tree, plain Rust)
 //!     -> fuse (kernel adapter) <- mount (daemon lifecycle)
 //! ```
 //!
@@ -17,6 +18,7 @@
 //! command-line edge over this library.
 
 pub mod archive;
+pub mod catalog;
 pub mod concat;
 pub mod convert;
 pub mod dtype;

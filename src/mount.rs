@@ -4,16 +4,14 @@
 //! live (or with the reason it could not mount).
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use fuser::{Config, MountOption, SessionACL};
-
+use crate::catalog::CatalogOptions;
 use crate::convert::ConvertOptions;
-use crate::fuse::{uring, Core, ScdlFs};
+use crate::fuse::{self, SessionOptions, Unmounter};
 use crate::namespace::{Namespace, NamespaceOptions};
 use crate::store::Store;
 
@@ -137,72 +135,63 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
             "already a mount point (busy)",
         ));
     }
-    let ns = Namespace::new(
-        store,
-        NamespaceOptions {
-            convert: opts.convert.clone(),
-            workers: opts.workers,
-            converter: crate::isolate::own_executable(),
-            limits: crate::isolate::Limits::default(),
-            writers: opts.writers,
-        },
-    );
+    let ns = Namespace::new(store, opts.namespace_options());
     let workers = ns.start_workers();
-    let mut cfg = Config::default();
-    cfg.mount_options = vec![
-        // The store as the mount's source, exactly as given: mount(8) then recognises an fstab
-        // line as mounted (`mount -a` twice is a no-op).
-        MountOption::FSName(opts.store.display().to_string()),
-        MountOption::Subtype("scdl-fs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-    ];
-    if opts.read_only {
-        // Besides refusing writes, a read-only superblock spares a GETATTR per read: the kernel
-        // invalidates a FUSE inode's atime after every read unless the mount is read-only.
-        cfg.mount_options.push(MountOption::RO);
-    }
-    cfg.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    // At least two: a lookup may wait for a release that another thread must serve.
-    cfg.n_threads = Some(opts.threads.max(2));
-    cfg.clone_fd = true;
-    let core = Arc::new(Core::new(ns.clone()));
-    let fs = ScdlFs::new(core.clone(), opts.io_uring);
-    let mut session = fuser::Session::new(fs, &opts.mountpoint, &cfg)
+    let mut mounted = fuse::mount(ns.clone(), &opts.mountpoint, &opts.session_options())
         .map_err(|e| MountError::Mount(e.to_string()))?;
-    let dev = session
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| MountError::Mount(format!("/dev/fuse: {e}")))?;
-    core.set_device(
-        dev.try_clone()
-            .map_err(|e| MountError::Mount(format!("/dev/fuse: {e}")))?,
+    unmount_on_signals(mounted.unmounter(), &opts.mountpoint, ns.clone())?;
+    log::info!(
+        "mounted {} (store {})",
+        opts.mountpoint.display(),
+        opts.store.display()
     );
-    if core.io_uring() {
-        match uring::start(core.clone(), &dev, opts.threads) {
-            Ok(n) => log::info!("FUSE over io_uring: {n} queue threads"),
-            Err(e) => log::warn!("FUSE over io_uring not started ({e}); serving /dev/fuse only"),
+    notify_ready();
+    let served = mounted.run().map_err(|e| MountError::Mount(e.to_string()));
+    sd_notify("STOPPING=1");
+    ns.shutdown();
+    drop(workers); // conversions in flight are abandoned; the next start cleans their temp files
+    ns.store().leases().close();
+    served
+}
+
+impl MountOptions {
+    fn namespace_options(&self) -> NamespaceOptions {
+        NamespaceOptions {
+            catalog: CatalogOptions {
+                convert: self.convert.clone(),
+                workers: self.workers,
+                converter: crate::isolate::own_executable(),
+                limits: crate::isolate::Limits::default(),
+            },
+            writers: self.writers,
         }
     }
-    core.set_notifier(session.notifier());
-    let notifier = session.notifier();
-    ns.set_invalidator(Box::new(move |parent, name| {
-        let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(name));
-    }));
-    let mut unmounter = session.unmount_callable();
-    let mnt = opts.mountpoint.clone();
-    let stopping = ns.clone();
+
+    fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            source: self.store.display().to_string(),
+            read_only: self.read_only,
+            allow_other: self.allow_other,
+            threads: self.threads,
+            io_uring: self.io_uring,
+        }
+    }
+}
+
+/// At SIGTERM, SIGINT or SIGHUP: stop the workers and unmount (lazily if the mount is busy).
+fn unmount_on_signals(
+    mut unmounter: Unmounter,
+    mnt: &Path,
+    ns: Arc<Namespace>,
+) -> Result<(), MountError> {
+    let mnt = mnt.to_path_buf();
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
             .map_err(|e| MountError::Mount(format!("signal handlers: {e}")))?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             log::info!("signal {sig}: unmounting {}", mnt.display());
-            stopping.shutdown();
+            ns.shutdown();
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount: {e}; detaching lazily");
                 if let Err(e) = detach(&mnt) {
@@ -211,18 +200,7 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
             }
         }
     });
-    log::info!(
-        "mounted {} (store {})",
-        opts.mountpoint.display(),
-        opts.store.display()
-    );
-    notify_ready();
-    let served = session.run().map_err(|e| MountError::Mount(e.to_string()));
-    sd_notify("STOPPING=1");
-    ns.shutdown();
-    drop(workers); // conversions in flight are abandoned; the next start cleans their temp files
-    ns.store().leases().close();
-    served
+    Ok(())
 }
 
 fn notify_ready() {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use scdl_fs::catalog::CatalogOptions;
 use scdl_fs::convert::{self, ConvertOptions, Quiet};
 use scdl_fs::namespace::{FsError, Namespace, NamespaceOptions, NodeType, ROOT_INO};
 use scdl_fs::store::Store;
@@ -39,11 +40,13 @@ fn namespace_with(setup: impl FnOnce(&Path)) -> Fixture {
     let ns = Namespace::new(
         Store::open(&store_path).unwrap(),
         NamespaceOptions {
-            convert: ConvertOptions::default(),
-            workers: 1,
-            // Conversions in child processes of the real binary, as the mount runs them.
-            converter: Some(common::bin()),
-            limits: Default::default(),
+            catalog: CatalogOptions {
+                convert: ConvertOptions::default(),
+                workers: 1,
+                // Conversions in child processes of the real binary, as the mount runs them.
+                converter: Some(common::bin()),
+                limits: Default::default(),
+            },
             writers: None,
         },
     );

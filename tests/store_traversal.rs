@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use scdl_fs::catalog::CatalogOptions;
 use scdl_fs::convert::{self, ConvertOptions, Quiet};
 use scdl_fs::namespace::{FsError, Namespace, NamespaceOptions, ROOT_INO};
 use scdl_fs::store::Store;
@@ -82,8 +83,11 @@ impl World {
         Namespace::new(
             Store::open(&self.store).unwrap(),
             NamespaceOptions {
-                workers: 1,
-                converter: Some(common::bin()),
+                catalog: CatalogOptions {
+                    workers: 1,
+                    converter: Some(common::bin()),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         )

@@ -1,6 +1,6 @@
-//! The FUSE adapter: a thin `fuser::Filesystem` over `Namespace`, translating inode numbers,
-//! attributes and errors, and using FUSE passthrough for the real archive files when the
-//! kernel offers it (reads then never enter the daemon).
+//! The fuser transport: a thin `fuser::Filesystem` over the `Connection`. It negotiates the
+//! connection at INIT (transfer sizes, FUSE passthrough for the real archive files, FUSE over
+//! io_uring) and passes every request that comes through /dev/fuse on.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -12,23 +12,21 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-use super::{errno, Core, CREATED_TTL, MAX_TRANSFER, READDIR_BATCH};
+use std::os::unix::ffi::OsStrExt;
+
+use super::{Connection, CREATED_TTL, MAX_TRANSFER};
 use crate::namespace::NodeType;
 
 pub struct ScdlFs {
-    core: Arc<Core>,
+    conn: Arc<Connection>,
     io_uring: bool,
 }
 
 impl ScdlFs {
     /// `io_uring`: ask the kernel for FUSE over io_uring at INIT (used when it offers it).
-    pub fn new(core: Arc<Core>, io_uring: bool) -> ScdlFs {
-        ScdlFs { core, io_uring }
+    pub fn new(conn: Arc<Connection>, io_uring: bool) -> ScdlFs {
+        ScdlFs { conn, io_uring }
     }
-}
-
-fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    name.to_str().ok_or(Errno::ENOENT)
 }
 
 const GENERATION: Generation = Generation(0);
@@ -40,7 +38,7 @@ impl Filesystem for ScdlFs {
         let passthrough = std::env::var_os("SCDL_FS_NO_PASSTHROUGH").is_none()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
-        self.core.set_passthrough(passthrough);
+        self.conn.set_passthrough(passthrough);
         // Ranges are direct I/O (no page cache); np.load(mmap_mode=...) should still work.
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         // Once agreed, the kernel holds every request until the queues are registered: ask only
@@ -64,32 +62,30 @@ impl Filesystem for ScdlFs {
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                 .is_ok()
         };
-        self.core.set_io_uring(uring);
+        self.conn.set_io_uring(uring);
         log::info!("FUSE initialised (passthrough: {passthrough}, io_uring: {uring})");
         Ok(())
     }
 
     fn destroy(&mut self) {
-        self.core.ns.shutdown();
+        self.conn.destroy();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r =
-            name_str(name).and_then(|n| self.core.ns.lookup(parent.0, n).map_err(|e| errno(&e)));
-        match r {
-            Ok(a) => reply.entry(&a.ttl, &self.core.attr(&a), GENERATION),
+        match self.conn.lookup(parent.0, name.as_bytes()) {
+            Ok((attr, ttl)) => reply.entry(&ttl, &attr, GENERATION),
             Err(e) => reply.error(e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.core.ns.forget(ino.0, nlookup);
+        self.conn.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.core.ns.getattr(ino.0) {
-            Ok(a) => reply.attr(&a.ttl, &self.core.attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+        match self.conn.getattr(ino.0) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -111,25 +107,25 @@ impl Filesystem for ScdlFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.core.setattr(
+        match self.conn.setattr(
             ino.0,
             mode.is_some() || uid.is_some() || gid.is_some(),
             size,
         ) {
-            Ok(a) => reply.attr(&a.ttl, &self.core.attr(&a)),
+            Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name).and_then(|n| self.core.ns.unlink(parent.0, n).map_err(|e| errno(&e))) {
+        match self.conn.unlink(parent.0, name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.open(ino.0, flags.0) {
+        match self.conn.open(ino.0, flags.0) {
             Ok(o) => match o.backing_id {
                 Some(id) => {
                     // SAFETY: `id` is a live backing id of this connection, owned by the core;
@@ -155,9 +151,9 @@ impl Filesystem for ScdlFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.ns.read(ino.0, fh.0, offset, size) {
+        match self.conn.read(ino.0, fh.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -173,9 +169,9 @@ impl Filesystem for ScdlFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.core.ns.write(fh.0, offset, data) {
+        match self.conn.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -187,9 +183,9 @@ impl Filesystem for ScdlFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.core.ns.flush(fh.0) {
+        match self.conn.flush(fh.0) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -214,7 +210,7 @@ impl Filesystem for ScdlFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.core.release(ino.0, fh.0) {
+        match self.conn.release(ino.0, fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -228,7 +224,7 @@ impl Filesystem for ScdlFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.core.ns.readdir(ino.0, offset, READDIR_BATCH) {
+        match self.conn.readdir(ino.0, offset) {
             Ok(entries) => {
                 for e in entries {
                     let kind = match e.kind {
@@ -241,7 +237,7 @@ impl Filesystem for ScdlFs {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -255,7 +251,7 @@ impl Filesystem for ScdlFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match name_str(name).and_then(|n| self.core.create(parent.0, n)) {
+        match self.conn.create(parent.0, name.as_bytes()) {
             Ok((attr, o)) => {
                 reply.created(&CREATED_TTL, &attr, GENERATION, FileHandle(o.fh), o.flags)
             }

@@ -1,11 +1,15 @@
-//! The FUSE front: how `Namespace` meets the kernel. Two transports share one core: the fuser
-//! session over /dev/fuse (`adapter`, always there: it mounts, initialises and serves whatever
-//! the other does not), and FUSE over io_uring (`uring`, when the kernel offers it), whose
-//! per-CPU queues serve each request on the CPU that made it. The core owns what both need:
-//! attributes in kernel terms, errors, opens with FUSE passthrough of the real archive files.
+//! The FUSE front: how `Namespace` meets the kernel. One `Connection` offers every operation
+//! in kernel terms (inode numbers, `FileAttr`, open flags, errno) with what was negotiated at
+//! INIT; two transports call it: the fuser session over /dev/fuse (`adapter`, always there: it
+//! mounts, initialises and serves whatever the other does not), and FUSE over io_uring
+//! (`uring`, when the kernel offers it), whose per-CPU queues serve each request on the CPU that
+//! made it. `session` mounts and wires them; `notify` tells the kernel what to drop from its
+//! caches.
 
 mod abi;
 mod adapter;
+mod notify;
+mod session;
 pub mod uring;
 
 use std::collections::HashMap;
@@ -15,9 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use fuser::{Errno, FileAttr, FileType, FopenFlags, INodeNo};
 
-pub use adapter::ScdlFs;
+pub use session::{mount, Mounted, SessionOptions, Unmounter};
 
-use crate::namespace::{Attr, FsError, Namespace, NodeType, Opened};
+use crate::namespace::{Attr, DirEntry, FsError, Namespace, NodeType, Opened};
 
 /// The largest READ/WRITE payload: it sizes every io_uring queue entry's buffer.
 pub const MAX_TRANSFER: u32 = 1 << 20;
@@ -28,9 +32,10 @@ pub const READDIR_BATCH: usize = 256;
 /// How long the kernel may cache the attributes of an upload just created (it still grows).
 pub const CREATED_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The state both transports serve from.
-pub struct Core {
-    pub ns: Arc<Namespace>,
+/// One FUSE connection: the namespace's operations in kernel terms, for both transports, with
+/// what was negotiated at INIT.
+pub struct Connection {
+    ns: Arc<Namespace>,
     uid: u32,
     gid: u32,
     passthrough: AtomicBool,
@@ -38,10 +43,8 @@ pub struct Core {
     io_uring: AtomicBool,
     /// A descriptor of this mount's /dev/fuse connection, for the backing-file ioctls.
     dev: OnceLock<OwnedFd>,
-    /// Rows whose pages the kernel should drop, for the thread that tells it (known once
-    /// mounted). Not done by the request thread: invalidating waits for the pages' locks, which
-    /// a READ still queued for this daemon may hold.
-    page_drops: OnceLock<std::sync::mpsc::Sender<u64>>,
+    /// What the kernel is told to drop from its caches (known once mounted).
+    notifier: OnceLock<Arc<notify::KernelNotifier>>,
     /// Backing ids of passthrough opens by inode, with their open count: the kernel wants every
     /// open of one inode to share one backing file, and closing the id releases it.
     backing: Mutex<HashMap<u64, (u32, usize)>>,
@@ -56,9 +59,9 @@ pub struct OpenReply {
     pub backing_id: Option<u32>,
 }
 
-impl Core {
-    pub fn new(ns: Arc<Namespace>) -> Core {
-        Core {
+impl Connection {
+    pub fn new(ns: Arc<Namespace>) -> Connection {
+        Connection {
             ns,
             // SAFETY: getuid/getgid have no preconditions and cannot fail.
             uid: unsafe { libc::getuid() },
@@ -67,7 +70,7 @@ impl Core {
             passthrough: AtomicBool::new(false),
             io_uring: AtomicBool::new(false),
             dev: OnceLock::new(),
-            page_drops: OnceLock::new(),
+            notifier: OnceLock::new(),
             backing: Mutex::new(HashMap::new()),
             backing_handles: Mutex::new(HashMap::new()),
         }
@@ -87,31 +90,26 @@ impl Core {
         self.io_uring.load(Ordering::Relaxed)
     }
 
-    /// The mount's /dev/fuse connection (a duplicate the core owns), known once mounted.
+    /// The mount's /dev/fuse connection (a duplicate the connection owns), known once mounted.
     pub fn set_device(&self, dev: OwnedFd) {
         let _ = self.dev.set(dev);
     }
 
-    /// Starts the thread that asks the kernel to drop pages, through `notifier`.
+    /// Starts the thread that tells the kernel what to drop from its caches, through
+    /// `notifier`, for the core (row pages) and the tree (names of datasets gone).
     pub fn set_notifier(&self, notifier: fuser::Notifier) {
-        let (drops, inodes) = std::sync::mpsc::channel::<u64>();
-        if self.page_drops.set(drops).is_err() {
-            return;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("page-drops".into())
-            .spawn(move || {
-                for ino in inodes {
-                    // Offset 0, length 0: every page of the file.
-                    let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-                }
-            });
-        if let Err(e) = spawned {
-            log::warn!("no page-drop thread ({e}): row pages stay cached");
+        let notifier = Arc::new(notify::KernelNotifier::start(notifier));
+        if self.notifier.set(notifier.clone()).is_ok() {
+            self.ns.set_kernel_cache(notifier);
         }
     }
 
-    pub fn attr(&self, a: &Attr) -> FileAttr {
+    /// The kernel's attributes of `a`, and how long it may cache them (and the name).
+    fn entry(&self, a: &Attr) -> Entry {
+        (self.file_attr(a), a.ttl)
+    }
+
+    fn file_attr(&self, a: &Attr) -> FileAttr {
         let (kind, nlink) = match a.kind {
             NodeType::Dir => (FileType::Directory, 2),
             NodeType::File => (FileType::RegularFile, 1),
@@ -146,20 +144,28 @@ impl Core {
         f
     }
 
-    /// Creates the upload `name` in `parent`: its attributes and its open handle.
-    pub fn create(&self, parent: u64, name: &str) -> Result<(FileAttr, OpenReply), Errno> {
-        let (a, o) = self.ns.create(parent, name).map_err(|e| errno(&e))?;
-        let opened = OpenReply {
-            fh: o.fh,
-            flags: Self::cache_flags(&o),
-            backing_id: None,
-        };
-        Ok((self.attr(&a), opened))
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
+        let a = fs(self.ns.lookup(parent, name_str(name)?))?;
+        Ok(self.entry(&a))
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.ns.forget(ino, n);
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Entry, Errno> {
+        Ok(self.entry(&fs(self.ns.getattr(ino))?))
     }
 
     /// Modes, owners and times are the store's: changing them is accepted (and ignored) only on
     /// inputs, as copy tools set them on the file they wrote; a size change truncates an upload.
-    pub fn setattr(&self, ino: u64, owner_or_mode: bool, size: Option<u64>) -> Result<Attr, Errno> {
+    pub fn setattr(
+        &self,
+        ino: u64,
+        owner_or_mode: bool,
+        size: Option<u64>,
+    ) -> Result<Entry, Errno> {
         let r = if owner_or_mode {
             self.ns.accept_metadata_change(ino)
         } else {
@@ -168,7 +174,45 @@ impl Core {
                 None => self.ns.getattr(ino),
             }
         };
-        r.map_err(|e| errno(&e))
+        Ok(self.entry(&fs(r)?))
+    }
+
+    /// Creates the upload `name` in `parent`: its attributes and its open handle.
+    pub fn create(&self, parent: u64, name: &[u8]) -> Result<(FileAttr, OpenReply), Errno> {
+        let (a, o) = fs(self.ns.create(parent, name_str(name)?))?;
+        let opened = OpenReply {
+            fh: o.fh,
+            flags: Self::cache_flags(&o),
+            backing_id: None,
+        };
+        Ok((self.file_attr(&a), opened))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Errno> {
+        fs(self.ns.unlink(parent, name_str(name)?))
+    }
+
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        fs(self.ns.read(ino, fh, offset, size))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        fs(self.ns.write(fh, offset, data))
+    }
+
+    /// close(2) of a descriptor of `fh`.
+    pub fn flush(&self, fh: u64) -> Result<(), Errno> {
+        fs(self.ns.flush(fh))
+    }
+
+    /// The next entries of directory `ino` from `offset`, one batch.
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, Errno> {
+        fs(self.ns.readdir(ino, offset, READDIR_BATCH))
+    }
+
+    /// The kernel ends the connection: the workers stop.
+    pub fn destroy(&self) {
+        self.ns.shutdown();
     }
 
     /// Opens `ino` with open(2) `flags`; real store files go to the kernel as passthrough
@@ -176,7 +220,7 @@ impl Core {
     pub fn open(&self, ino: u64, flags: i32) -> Result<OpenReply, Errno> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
-        let o = self.ns.open(ino, write, truncate).map_err(|e| errno(&e))?;
+        let o = fs(self.ns.open(ino, write, truncate))?;
         let mut fopen = Self::cache_flags(&o);
         if !write {
             // Nothing happens at close of a read-only file: spare the kernel a FLUSH round trip.
@@ -234,8 +278,8 @@ impl Core {
     /// handle.
     pub fn release(&self, ino: u64, fh: u64) -> Result<(), Errno> {
         if Namespace::drop_cache_at_close(ino) {
-            if let Some(drops) = self.page_drops.get() {
-                let _ = drops.send(ino);
+            if let Some(notifier) = self.notifier.get() {
+                notifier.drop_pages(ino);
             }
         }
         // Lock order: never hold `backing_handles` while taking `backing` (open does the reverse).
@@ -251,7 +295,7 @@ impl Core {
                 }
             }
         }
-        self.ns.release(fh).map_err(|e| errno(&e))
+        fs(self.ns.release(fh))
     }
 
     fn close_backing(&self, id: u32) {
@@ -268,7 +312,20 @@ impl Core {
     }
 }
 
-pub fn errno(e: &FsError) -> Errno {
+/// Attributes, and how long the kernel may cache them and the name they were looked up by.
+pub type Entry = (FileAttr, std::time::Duration);
+
+/// A name from the kernel: one that is not UTF-8 names nothing here.
+fn name_str(name: &[u8]) -> Result<&str, Errno> {
+    std::str::from_utf8(name).map_err(|_| Errno::ENOENT)
+}
+
+fn fs<T>(r: Result<T, FsError>) -> Result<T, Errno> {
+    r.map_err(|e| errno(&e))
+}
+
+/// The one mapping of the tree's errors to the kernel's.
+fn errno(e: &FsError) -> Errno {
     match e {
         FsError::NotFound => Errno::ENOENT,
         FsError::ReadOnly => Errno::EROFS,

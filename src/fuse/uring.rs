@@ -16,7 +16,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::abi::{self, InHeader, Reply};
-use super::{errno, Core, OpenReply, CREATED_TTL, MAX_TRANSFER, READDIR_BATCH};
+use super::{Connection, OpenReply, CREATED_TTL, MAX_TRANSFER};
 use crate::namespace::NodeType;
 
 /// How many requests one queue serves at once: a lookup may wait for a release of the same
@@ -38,8 +38,8 @@ pub fn available() -> bool {
 /// Starts the queue threads over `dev` (this mount's /dev/fuse), one queue per possible CPU,
 /// `threads` in all (at least two per queue). Returns how many threads run. On failure the
 /// kernel is told to give io_uring up for this connection, so requests go on through /dev/fuse.
-pub fn start(core: Arc<Core>, dev: &OwnedFd, threads: usize) -> std::io::Result<usize> {
-    register_queues(core, dev, threads).inspect_err(|_| give_up(dev))
+pub fn start(conn: Arc<Connection>, dev: &OwnedFd, threads: usize) -> std::io::Result<usize> {
+    register_queues(conn, dev, threads).inspect_err(|_| give_up(dev))
 }
 
 /// A REGISTER the kernel must refuse (no such queue): refusing it, the kernel turns io_uring off
@@ -55,21 +55,21 @@ fn give_up(dev: &OwnedFd) {
     }
 }
 
-fn register_queues(core: Arc<Core>, dev: &OwnedFd, threads: usize) -> std::io::Result<usize> {
+fn register_queues(conn: Arc<Connection>, dev: &OwnedFd, threads: usize) -> std::io::Result<usize> {
     let queues = possible_cpus();
     let threads_per_queue = threads.div_ceil(queues);
     let mut started = 0;
     for qid in 0..queues {
         for _ in 0..threads_per_queue.max(MIN_THREADS_PER_QUEUE) {
             // The ring is created by the thread that uses it (it is single-issuer).
-            let (dev, core) = (dev.try_clone()?, core.clone());
+            let (dev, conn) = (dev.try_clone()?, conn.clone());
             let (registered, outcome) = std::sync::mpsc::channel();
             std::thread::Builder::new()
                 .name(format!("fuse-uring-{qid}"))
                 .spawn(move || match Queue::register(dev, qid as u16) {
                     Ok(queue) => {
                         let _ = registered.send(Ok(()));
-                        queue.serve(&core)
+                        queue.serve(&conn)
                     }
                     Err(e) => {
                         let _ = registered.send(Err(e));
@@ -174,7 +174,7 @@ impl Queue {
 
     /// Waits for a request, answers it, and hands the answer back with the next fetch, until
     /// the connection ends.
-    fn serve(mut self, core: &Core) {
+    fn serve(mut self, conn: &Connection) {
         pin_to_cpu(self.qid as usize);
         loop {
             let result = match self.next_completion() {
@@ -196,7 +196,7 @@ impl Queue {
                 return;
             }
             let commit_id = abi::u64_at(self.header, abi::RING_ENT + abi::ENT_COMMIT_ID);
-            self.answer(core);
+            self.answer(conn);
             let sqe = opcode::UringCmd80::new(
                 types::Fd(self.dev.as_raw_fd()),
                 abi::URING_CMD_COMMIT_AND_FETCH,
@@ -224,7 +224,7 @@ impl Queue {
     }
 
     /// Handles the request in the buffers and writes the reply into them.
-    fn answer(&mut self, core: &Core) {
+    fn answer(&mut self, conn: &Connection) {
         let req = InHeader::parse(&self.header[abi::RING_IN_OUT..]);
         let payload_in = abi::u32_at(self.header, abi::RING_ENT + abi::ENT_PAYLOAD_SIZE) as usize;
         let op: [u8; 128] = self.header[abi::RING_OP..abi::RING_ENT]
@@ -232,7 +232,7 @@ impl Queue {
             .expect("128-byte operation header");
         let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handle(
-                core,
+                conn,
                 &req,
                 &op,
                 &self.payload[..payload_in.min(PAYLOAD_SIZE)],
@@ -295,54 +295,38 @@ enum Answer {
 
 type Answered = Result<Answer, i32>;
 
-fn fs<T>(r: Result<T, crate::namespace::FsError>) -> Result<T, i32> {
-    r.map_err(|e| errno(&e).code())
-}
-
-fn name_arg(payload: &[u8]) -> Result<&str, i32> {
-    std::str::from_utf8(abi::name(payload)).map_err(|_| libc::ENOENT)
+/// Errors as the ring wants them: the errno's number.
+fn code<T>(r: Result<T, fuser::Errno>) -> Result<T, i32> {
+    r.map_err(|e| e.code())
 }
 
 /// The same semantics as the fuser adapter, operation by operation.
-fn handle(core: &Core, req: &InHeader, op: &[u8], payload: &[u8]) -> Answered {
+fn handle(conn: &Connection, req: &InHeader, op: &[u8], payload: &[u8]) -> Answered {
     let ino = req.nodeid;
-    let ns = &core.ns;
-    let entry = |a: crate::namespace::Attr| Answer::Entry(core.attr(&a), a.ttl);
-    let attr = |a: crate::namespace::Attr| Answer::Attr(core.attr(&a), a.ttl);
+    let name = || abi::name(payload);
     match req.opcode {
-        abi::LOOKUP => Ok(entry(fs(ns.lookup(ino, name_arg(payload)?))?)),
-        abi::GETATTR => Ok(attr(fs(ns.getattr(ino))?)),
+        abi::LOOKUP => code(conn.lookup(ino, name())).map(|(a, ttl)| Answer::Entry(a, ttl)),
+        abi::GETATTR => code(conn.getattr(ino)).map(|(a, ttl)| Answer::Attr(a, ttl)),
         abi::SETATTR => {
             let valid = abi::u32_at(op, 0);
             let size = (valid & abi::FATTR_SIZE != 0).then(|| abi::u64_at(op, 16));
             let owner_or_mode = valid & (abi::FATTR_MODE | abi::FATTR_UID | abi::FATTR_GID) != 0;
-            let a = core
-                .setattr(ino, owner_or_mode, size)
-                .map_err(|e| e.code())?;
-            Ok(attr(a))
+            code(conn.setattr(ino, owner_or_mode, size)).map(|(a, ttl)| Answer::Attr(a, ttl))
         }
-        abi::UNLINK => fs(ns.unlink(ino, name_arg(payload)?)).map(|()| Answer::Empty),
-        abi::OPEN => {
-            let flags = abi::u32_at(op, 0) as i32;
-            core.open(ino, flags)
-                .map(Answer::Open)
-                .map_err(|e| e.code())
-        }
+        abi::UNLINK => code(conn.unlink(ino, name())).map(|()| Answer::Empty),
+        abi::OPEN => code(conn.open(ino, abi::u32_at(op, 0) as i32)).map(Answer::Open),
         abi::READ => {
             let (fh, offset, size) = (abi::u64_at(op, 0), abi::u64_at(op, 8), abi::u32_at(op, 16));
-            Ok(Answer::Data(fs(ns.read(ino, fh, offset, size))?))
+            code(conn.read(ino, fh, offset, size)).map(Answer::Data)
         }
         abi::WRITE => {
             let (fh, offset, size) = (abi::u64_at(op, 0), abi::u64_at(op, 8), abi::u32_at(op, 16));
             let data = payload.get(..size as usize).ok_or(libc::EINVAL)?;
-            Ok(Answer::Written(fs(ns.write(fh, offset, data))?))
+            code(conn.write(fh, offset, data)).map(Answer::Written)
         }
         abi::STATFS => Ok(Answer::Statfs),
-        abi::RELEASE => core
-            .release(ino, abi::u64_at(op, 0))
-            .map(|()| Answer::Empty)
-            .map_err(|e| e.code()),
-        abi::FLUSH => fs(ns.flush(abi::u64_at(op, 0))).map(|()| Answer::Empty),
+        abi::RELEASE => code(conn.release(ino, abi::u64_at(op, 0))).map(|()| Answer::Empty),
+        abi::FLUSH => code(conn.flush(abi::u64_at(op, 0))).map(|()| Answer::Empty),
         abi::FSYNC | abi::RELEASEDIR | abi::DESTROY => Ok(Answer::Empty),
         abi::OPENDIR => Ok(Answer::Open(OpenReply {
             fh: 0,
@@ -351,15 +335,9 @@ fn handle(core: &Core, req: &InHeader, op: &[u8], payload: &[u8]) -> Answered {
         })),
         abi::READDIR => {
             let (offset, size) = (abi::u64_at(op, 8), abi::u32_at(op, 16));
-            Ok(Answer::Dir(
-                fs(ns.readdir(ino, offset, READDIR_BATCH))?,
-                size as usize,
-            ))
+            code(conn.readdir(ino, offset)).map(|d| Answer::Dir(d, size as usize))
         }
-        abi::CREATE => {
-            let (attr, o) = core.create(ino, name_arg(payload)?).map_err(|e| e.code())?;
-            Ok(Answer::Created(attr, o))
-        }
+        abi::CREATE => code(conn.create(ino, name())).map(|(a, o)| Answer::Created(a, o)),
         abi::MKDIR | abi::RMDIR | abi::RENAME | abi::RENAME2 => Err(libc::EROFS),
         _ => Err(libc::ENOSYS),
     }

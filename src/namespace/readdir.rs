@@ -1,0 +1,139 @@
+//! Directory listings: one helper per kind of directory. Offsets are positions in the listing
+//! ("." is 0, ".." is 1); the rows directory is produced from the offset on, so `ls | head` on
+//! 10^8 rows returns at once.
+
+use super::inode::{ino, Kind, CONTROL_INO, ROOT_INO};
+use super::node::{archive_file_ino, Node, Part};
+use super::{DirEntry, FsError, FsResult, Namespace, NodeType};
+use crate::catalog::{Dataset, ReadyDataset};
+
+/// The first position after "." and "..".
+const BASE: u64 = 2;
+
+/// The entries of one READDIR: those at positions `offset..`, at most `max`.
+struct Page {
+    offset: u64,
+    max: usize,
+    entries: Vec<DirEntry>,
+}
+
+impl Page {
+    fn push(&mut self, pos: u64, ino: u64, kind: NodeType, name: String) {
+        if pos >= self.offset && self.entries.len() < self.max {
+            self.entries.push(DirEntry {
+                ino,
+                next: pos + 1,
+                kind,
+                name,
+            });
+        }
+    }
+
+    /// `entries` at positions from `BASE` on.
+    fn extend(&mut self, entries: Vec<(u64, NodeType, String)>) {
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate() {
+            self.push(BASE + i as u64, ino, kind, name);
+        }
+    }
+}
+
+impl Namespace {
+    /// Up to `max` entries after `offset` (0 = from the start; "." and ".." included).
+    pub fn readdir(&self, dir: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+        let node = self.node(dir)?;
+        let mut page = Page {
+            offset,
+            max,
+            entries: Vec::new(),
+        };
+        page.push(0, dir, NodeType::Dir, ".".into());
+        page.push(1, ROOT_INO, NodeType::Dir, "..".into());
+        match &node {
+            Node::Root => page.extend(self.root_entries(offset)),
+            Node::DatasetDir(ds) => page.extend(dataset_entries(ds)),
+            Node::Ready(ds, r, Part::FeaturesDir) => page.extend(feature_entries(ds.id(), r)),
+            Node::Ready(ds, r, Part::RowsDir) => row_entries(&mut page, ds.id(), r),
+            Node::Ready(_, _, Part::CsrDir) => {}
+            _ => {
+                self.attr(dir, &node)?;
+                return Err(FsError::NotDir);
+            }
+        }
+        Ok(page.entries)
+    }
+
+    /// `.control`, then each dataset's directory and input, by name.
+    fn root_entries(&self, offset: u64) -> Vec<(u64, NodeType, String)> {
+        if offset == 0 {
+            // A fresh listing sees what other daemons (or people) put in the store.
+            self.catalog.rescan_if_stale();
+        }
+        let mut entries = vec![(CONTROL_INO, NodeType::File, ".control".to_string())];
+        for ds in self.catalog.datasets() {
+            let uploading = ds.is_uploading();
+            if !uploading {
+                let dir = ino(Kind::DatasetDir, ds.id(), 0);
+                entries.push((dir, NodeType::Dir, ds.name().to_string()));
+            }
+            if uploading || ds.has_input() {
+                let input = ino(Kind::Input, ds.id(), 0);
+                entries.push((input, NodeType::File, ds.name().input_file_name()));
+            }
+        }
+        entries
+    }
+}
+
+/// `status.json`, and once ready the archive files, `features`, `rows` and `csr`.
+fn dataset_entries(ds: &Dataset) -> Vec<(u64, NodeType, String)> {
+    let id = ds.id();
+    let mut entries = vec![(
+        ino(Kind::Status, id, 0),
+        NodeType::File,
+        "status.json".to_string(),
+    )];
+    if let Some(r) = ds.ready() {
+        for f in &r.archive_files {
+            entries.push((archive_file_ino(id, f), NodeType::File, f.to_string()));
+        }
+        for (kind, name) in [
+            (Kind::FeaturesDir, "features"),
+            (Kind::RowsDir, "rows"),
+            (Kind::CsrDir, "csr"),
+        ] {
+            entries.push((ino(kind, id, 0), NodeType::Dir, name.into()));
+        }
+    }
+    entries
+}
+
+/// `<k>.json` per feature block, then the feature index's own files.
+fn feature_entries(id: u16, r: &ReadyDataset) -> Vec<(u64, NodeType, String)> {
+    let blocks = r.archive.features.blocks.len() as u64;
+    let json = (0..blocks).map(|k| {
+        let name = format!("{k}.json");
+        (ino(Kind::FeatureJson, id, k), NodeType::File, name)
+    });
+    let files = r.feature_files.iter().enumerate().map(|(i, f)| {
+        (
+            ino(Kind::FeatureFile, id, i as u64),
+            NodeType::File,
+            f.clone(),
+        )
+    });
+    json.chain(files).collect()
+}
+
+/// Only the rows of this page are produced.
+fn row_entries(page: &mut Page, id: u16, r: &ReadyDataset) {
+    let first = page.offset.max(BASE) - BASE;
+    let end = r.archive.num_rows.min(first + page.max as u64);
+    for i in first..end {
+        page.push(
+            BASE + i,
+            ino(Kind::Row, id, i),
+            NodeType::File,
+            format!("{i}.npy"),
+        );
+    }
+}
