@@ -2,23 +2,20 @@
 //! its storage: CSR (read by hyperslabs), dense (row slabs, zeros dropped) or CSC (an external
 //! transpose through temporary bucket files). Every CSR/CSC invariant is checked on the way.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
+
+mod csc;
 
 use hdf5::types::{IntSize, TypeDescriptor};
 
 use super::attrs::{int_list_attr, string_attr};
 use super::H5ad;
 use crate::dtype::{Dtype, Element};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// Elements per block: bounds the memory of a conversion (a block of f64 values and u32
 /// columns is 24 MB) while keeping HDF5 reads large.
 pub const BLOCK_ELEMENTS: usize = 2 << 20;
-
-/// Receives (first element, end element, column of each element) for a run of CSC elements.
-type CscRunVisitor<'v> = dyn FnMut(u64, u64, &[u32]) -> Result<()> + 'v;
 
 /// Rows of indptr read at a time.
 const INDPTR_ROWS: u64 = 1 << 16;
@@ -589,155 +586,5 @@ impl<'a> MatrixReader<'a> {
             r = r_end;
         }
         Ok(())
-    }
-
-    /// CSC to CSR with bounded memory: pass 1 counts the values of each row; pass 2 scatters
-    /// (row, column, value) triples into bucket files, each bucket a range of rows holding at
-    /// most one block of values; each bucket is then ordered by row in memory and emitted. Column
-    /// order within a row comes out ascending because columns are visited in order.
-    fn stream_csc<S: Element>(
-        &self,
-        scratch: &Path,
-        sink: &mut dyn FnMut(Block<S>) -> Result<()>,
-    ) -> Result<()> {
-        let budget = BLOCK_ELEMENTS as u64;
-        // Pass 1: per-row counts (checks indptr and row indices on the way).
-        let mut counts: Vec<u64> = Vec::new();
-        counts
-            .try_reserve_exact(self.n_rows as usize)
-            .map_err(|_| {
-                self.err(
-                    "",
-                    format!(
-                        "cannot hold row counts for {} rows (absurd shape?)",
-                        self.n_rows
-                    ),
-                )
-            })?;
-        counts.resize(self.n_rows as usize, 0);
-        self.for_each_csc_run(false, &mut |a, b, _| {
-            let rows =
-                self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
-            for r in rows {
-                counts[r as usize] += 1;
-            }
-            Ok(())
-        })?;
-        // Buckets: consecutive row ranges of at most `budget` values (a bigger row alone).
-        let mut bucket_of_row = Vec::with_capacity(counts.len());
-        let mut bucket_starts = vec![0u64]; // first row of each bucket
-        let mut filled = 0u64;
-        for (r, &c) in counts.iter().enumerate() {
-            if filled > 0 && filled + c > budget {
-                bucket_starts.push(r as u64);
-                filled = 0;
-            }
-            filled += c;
-            bucket_of_row.push((bucket_starts.len() - 1) as u32);
-        }
-        let n_buckets = bucket_starts.len();
-        let bucket_path = |k: usize| scratch.join(format!("csc-bucket-{k}"));
-        // Pass 2: scatter triples.
-        {
-            let mut writers = (0..n_buckets)
-                .map(|k| {
-                    let p = bucket_path(k);
-                    File::create(&p)
-                        .map(|f| BufWriter::with_capacity(256 << 10, f))
-                        .at(&p)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            self.for_each_csc_run(true, &mut |a, b, columns| {
-                let rows =
-                    self.read_minor::<u64>(a, b, self.n_rows, &|pos| format!("element {pos}"))?;
-                let vals = self.read_values::<S>(a, b)?;
-                for ((r, v), &col) in rows.into_iter().zip(vals).zip(columns) {
-                    let k = bucket_of_row[r as usize] as usize;
-                    let w = &mut writers[k];
-                    let rec = (|| {
-                        w.write_all(&r.to_le_bytes())?;
-                        w.write_all(&col.to_le_bytes())?;
-                        w.write_all(bytemuck::bytes_of(&v))
-                    })();
-                    rec.at(bucket_path(k))?;
-                }
-                Ok(())
-            })?;
-            for (k, w) in writers.into_iter().enumerate() {
-                w.into_inner()
-                    .map_err(|e| e.into_error())
-                    .at(bucket_path(k))?;
-            }
-        }
-        // Order each bucket by row and emit it.
-        let mut element = 0u64;
-        let rec_len = 8 + 4 + std::mem::size_of::<S>();
-        for k in 0..n_buckets {
-            let r0 = bucket_starts[k];
-            let r1 = bucket_starts.get(k + 1).copied().unwrap_or(self.n_rows);
-            let local = &counts[r0 as usize..r1 as usize];
-            let total: u64 = local.iter().sum();
-            let mut offsets: Vec<u64> = Vec::with_capacity(local.len());
-            let mut acc = 0;
-            for &c in local {
-                offsets.push(acc);
-                acc += c;
-            }
-            let mut cols = vec![0u32; total as usize];
-            let mut vals = vec![S::from_f64(0.0); total as usize];
-            let p = bucket_path(k);
-            let mut rd = BufReader::with_capacity(256 << 10, File::open(&p).at(&p)?);
-            let mut rec = vec![0u8; rec_len];
-            for _ in 0..total {
-                rd.read_exact(&mut rec).at(&p)?;
-                let r = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
-                let c = u32::from_le_bytes(rec[8..12].try_into().expect("4 bytes"));
-                let v: S = bytemuck::pod_read_unaligned(&rec[12..]);
-                let slot = &mut offsets[(r - r0) as usize];
-                cols[*slot as usize] = c;
-                vals[*slot as usize] = v;
-                *slot += 1;
-            }
-            drop(rd);
-            std::fs::remove_file(&p).at(&p)?;
-            // After the scatter, offsets[i] is where row i ends (relative to the bucket).
-            let row_ends = offsets.iter().map(|&o| element + o).collect();
-            sink(Block {
-                first_row: r0,
-                first_element: element,
-                row_ends,
-                cols,
-                vals,
-            })?;
-            element += total;
-        }
-        Ok(())
-    }
-
-    /// Calls `visit(a, b, columns)` for runs of CSC elements [a, b) of at most one block,
-    /// with the column of each element when `with_columns` (pass 1 needs none).
-    fn for_each_csc_run(&self, with_columns: bool, visit: &mut CscRunVisitor<'_>) -> Result<()> {
-        let budget = BLOCK_ELEMENTS as u64;
-        let mut columns = Vec::new();
-        self.walk_indptr(self.n_cols, &mut |first_col, ip| {
-            let (lo, hi) = (ip[0], ip[ip.len() - 1]);
-            let mut a = lo;
-            let mut k = 0; // column within the window holding element a
-            while a < hi {
-                let b = (a + budget).min(hi);
-                columns.clear();
-                if with_columns {
-                    for e in a..b {
-                        while ip[k + 1] <= e {
-                            k += 1;
-                        }
-                        columns.push((first_col + k as u64) as u32);
-                    }
-                }
-                visit(a, b, &columns)?;
-                a = b;
-            }
-            Ok(())
-        })
     }
 }
