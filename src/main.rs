@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use scdl_fs::archive::Archive;
+use scdl_fs::archive::{Archive, ArchiveInfo};
 use scdl_fs::convert::{ConvertOptions, DataDtypeChoice, Progress};
 use scdl_fs::h5ad::MatrixChoice;
 use scdl_fs::mount::{self, MountOptions};
@@ -53,47 +53,71 @@ impl ConvertArgs {
     }
 }
 
+/// `scdl-fs mount`.
+#[derive(clap::Args)]
+struct MountArgs {
+    mountpoint: PathBuf,
+    /// The store directory (default: /var/lib/scdl-fs as root, else the XDG data dir).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Stay in the foreground (otherwise return once the mount is live).
+    #[arg(long)]
+    foreground: bool,
+    /// Let other users read through the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// With --allow-other: a group (name or gid) whose members may also drop files, remove
+    /// inputs and write .control (otherwise only the mounting user may).
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    writers: Option<u32>,
+    /// Serve only: a read-only mount (no drops, no .control writes; inputs that appear in the
+    /// store are still converted). Reads then cost one round trip less (no atime refresh).
+    #[arg(long)]
+    read_only: bool,
+    /// FUSE worker threads (with FUSE over io_uring: per CPU, at least 2).
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Serve every request through /dev/fuse even when the kernel offers FUSE over io_uring
+    /// (`fuse.enable_uring=1`, Linux >= 6.14), whose per-CPU queues are otherwise used.
+    #[arg(long, env = "SCDL_FS_NO_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
+    no_io_uring: bool,
+    /// Concurrent conversions.
+    #[arg(long, default_value_t = 1)]
+    conversions: usize,
+    /// Data type of converted archives (as for convert).
+    #[arg(long, default_value = "float32")]
+    data_dtype: DataDtypeChoice,
+    /// Which matrix dropped files are converted from (as for convert).
+    #[arg(long, default_value = "auto")]
+    matrix: MatrixChoice,
+}
+
+impl MountArgs {
+    fn options(&self) -> MountOptions {
+        MountOptions {
+            mountpoint: self.mountpoint.clone(),
+            store: PathBuf::new(),
+            allow_other: self.allow_other,
+            writers: self.writers,
+            read_only: self.read_only,
+            threads: self.threads,
+            io_uring: !self.no_io_uring,
+            workers: self.conversions,
+            convert: ConvertOptions {
+                matrix: self.matrix.clone(),
+                data_dtype: self.data_dtype,
+                allow_lossy: false,
+            },
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert an .h5ad file, or a directory of them, into an SCDL archive.
     Convert(ConvertArgs),
     /// Mount the filesystem: drop .h5ad files in, read cells out (see docs/SEMANTICS.md).
-    Mount {
-        mountpoint: PathBuf,
-        /// The store directory (default: /var/lib/scdl-fs as root, else the XDG data dir).
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// Stay in the foreground (otherwise return once the mount is live).
-        #[arg(long)]
-        foreground: bool,
-        /// Let other users read through the mount.
-        #[arg(long)]
-        allow_other: bool,
-        /// With --allow-other: a group (name or gid) whose members may also drop files, remove
-        /// inputs and write .control (otherwise only the mounting user may).
-        #[arg(long, value_name = "GROUP", value_parser = parse_group)]
-        writers: Option<u32>,
-        /// Serve only: a read-only mount (no drops, no .control writes; inputs that appear in the
-        /// store are still converted). Reads then cost one round trip less (no atime refresh).
-        #[arg(long)]
-        read_only: bool,
-        /// FUSE worker threads (with FUSE over io_uring: per CPU, at least 2).
-        #[arg(long, default_value_t = 4)]
-        threads: usize,
-        /// Serve every request through /dev/fuse even when the kernel offers FUSE over io_uring
-        /// (`fuse.enable_uring=1`, Linux >= 6.14), whose per-CPU queues are otherwise used.
-        #[arg(long, env = "SCDL_FS_NO_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
-        no_io_uring: bool,
-        /// Concurrent conversions.
-        #[arg(long, default_value_t = 1)]
-        conversions: usize,
-        /// Data type of converted archives (as for convert).
-        #[arg(long, default_value = "float32")]
-        data_dtype: DataDtypeChoice,
-        /// Which matrix dropped files are converted from (as for convert).
-        #[arg(long, default_value = "auto")]
-        matrix: MatrixChoice,
-    },
+    Mount(MountArgs),
     /// Concatenate archives (in order) into a new archive.
     Concat {
         /// The archive directory to create (must not exist).
@@ -144,29 +168,24 @@ fn progress_bar() -> Bar {
     Bar(bar)
 }
 
-fn mount(
-    cli_args: &[std::ffi::OsString],
-    mountpoint: PathBuf,
-    store: Option<PathBuf>,
-    foreground: bool,
-    options: MountOptions,
-) -> Result<(), (u8, String)> {
-    if !foreground {
+fn mount(cli_args: &[std::ffi::OsString], args: &MountArgs) -> Result<(), (u8, String)> {
+    if !args.foreground {
         // Same arguments, with the store made explicit, in a background daemon.
-        let mut args: Vec<std::ffi::OsString> = cli_args.to_vec();
-        let store = store.unwrap_or_else(|| {
+        let mut daemon_args: Vec<std::ffi::OsString> = cli_args.to_vec();
+        let store = args.store.clone().unwrap_or_else(|| {
             let default = scdl_fs::store::default_store();
-            args.push("--store".into());
-            args.push(default.clone().into());
+            daemon_args.push("--store".into());
+            daemon_args.push(default.clone().into());
             default
         });
-        return mount::run_background(&args, &store);
+        return mount::run_background(&daemon_args, &store);
     }
-    let store = store.unwrap_or_else(scdl_fs::store::default_store);
     let opts = MountOptions {
-        mountpoint,
-        store,
-        ..options
+        store: args
+            .store
+            .clone()
+            .unwrap_or_else(scdl_fs::store::default_store),
+        ..args.options()
     };
     mount::run_foreground(&opts).map_err(|e| {
         mount::report_startup_error(&e.to_string());
@@ -195,56 +214,16 @@ fn report(path: &std::path::Path, rows: u64, nnz: u64, dtype: scdl_fs::dtype::Dt
     eprintln!("{}: {rows} rows, {nnz} values ({dtype})", path.display());
 }
 
+fn failed(e: scdl_fs::Error) -> (u8, String) {
+    (EXIT_FAILED, e.to_string())
+}
+
 /// Runs the parsed command; `cli_args` are the arguments it was parsed from (without argv[0]),
 /// which a background mount passes on to its daemon.
 fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
-    let failed = |e: scdl_fs::Error| (EXIT_FAILED, e.to_string());
     match cli.command {
-        Command::Mount {
-            mountpoint,
-            store,
-            foreground,
-            allow_other,
-            writers,
-            read_only,
-            threads,
-            no_io_uring,
-            conversions,
-            data_dtype,
-            matrix,
-        } => {
-            let options = MountOptions {
-                mountpoint: mountpoint.clone(),
-                store: PathBuf::new(),
-                allow_other,
-                writers,
-                read_only,
-                threads,
-                io_uring: !no_io_uring,
-                workers: conversions,
-                convert: ConvertOptions {
-                    matrix,
-                    data_dtype,
-                    allow_lossy: false,
-                },
-            };
-            mount(cli_args, mountpoint, store, foreground, options)
-        }
-        Command::Convert(args) => {
-            let (input, output, opts) = (&args.input, &args.output, args.options());
-            // The conversion runs in a child process (this binary's convert-worker): a libhdf5
-            // crash on a malformed file becomes a one-line error, not a segfault of this command.
-            let bar = progress_bar();
-            let exe = scdl_fs::isolate::own_executable()
-                .ok_or((EXIT_FAILED, "cannot find own executable".to_string()))?;
-            let limits = scdl_fs::isolate::Limits::default();
-            scdl_fs::isolate::convert_in_child(&exe, input, output, &opts, &limits, &bar)
-                .map_err(failed)?;
-            bar.0.finish_and_clear();
-            let written = Archive::open(output).map_err(failed)?;
-            report(output, written.num_rows, written.nnz, written.data_dtype);
-            Ok(())
-        }
+        Command::Mount(args) => mount(cli_args, &args),
+        Command::Convert(args) => convert(&args),
         Command::Concat {
             output,
             inputs,
@@ -263,37 +242,64 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 .map_err(failed)
         }
         Command::Info { archive, json } => {
-            let a = Archive::open(&archive).map_err(failed)?;
-            let info = a.info();
+            let info = Archive::open(&archive).map_err(failed)?.info();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&info).expect("serialisable")
-                );
+                let text = serde_json::to_string_pretty(&info).expect("serialisable");
+                println!("{text}");
             } else {
-                println!("archive   {}", info.path);
-                println!("version   {}", info.version);
-                println!("rows      {}", info.rows);
-                println!("values    {}", info.nnz);
-                println!(
-                    "dtypes    data {}, col_ptr {}, row_ptr {}",
-                    info.dtypes.data, info.dtypes.col_ptr, info.dtypes.row_ptr
-                );
-                println!("bytes     {}", info.bytes);
-                println!("blocks    {}", info.feature_blocks.len());
-                for (i, b) in info.feature_blocks.iter().enumerate() {
-                    println!(
-                        "  {i}: rows {}..{} ({} genes) columns [{}] label {}",
-                        b.first_row,
-                        b.first_row + b.rows,
-                        b.num_vars,
-                        b.columns.join(", "),
-                        b.label
-                    );
-                }
+                print!("{}", InfoText(&info));
             }
             Ok(())
         }
+    }
+}
+
+/// `scdl-fs convert`. The conversion runs in a child process (this binary's convert-worker): a
+/// libhdf5 crash on a malformed file becomes a one-line error, not a segfault of this command.
+fn convert(args: &ConvertArgs) -> Result<(), (u8, String)> {
+    let (input, output, opts) = (&args.input, &args.output, args.options());
+    let bar = progress_bar();
+    let exe = scdl_fs::isolate::own_executable()
+        .ok_or((EXIT_FAILED, "cannot find own executable".to_string()))?;
+    let limits = scdl_fs::isolate::Limits::default();
+    scdl_fs::isolate::convert_in_child(&exe, input, output, &opts, &limits, &bar)
+        .map_err(failed)?;
+    bar.0.finish_and_clear();
+    let written = Archive::open(output).map_err(failed)?;
+    report(output, written.num_rows, written.nnz, written.data_dtype);
+    Ok(())
+}
+
+/// `scdl-fs info` as text: one field a line, then one line per feature block.
+struct InfoText<'a>(&'a ArchiveInfo);
+
+impl std::fmt::Display for InfoText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let info = self.0;
+        writeln!(f, "archive   {}", info.path)?;
+        writeln!(f, "version   {}", info.version)?;
+        writeln!(f, "rows      {}", info.rows)?;
+        writeln!(f, "values    {}", info.nnz)?;
+        let d = &info.dtypes;
+        let (data, col_ptr, row_ptr) = (&d.data, &d.col_ptr, &d.row_ptr);
+        writeln!(
+            f,
+            "dtypes    data {data}, col_ptr {col_ptr}, row_ptr {row_ptr}"
+        )?;
+        writeln!(f, "bytes     {}", info.bytes)?;
+        writeln!(f, "blocks    {}", info.feature_blocks.len())?;
+        for (i, b) in info.feature_blocks.iter().enumerate() {
+            writeln!(
+                f,
+                "  {i}: rows {}..{} ({} genes) columns [{}] label {}",
+                b.first_row,
+                b.first_row + b.rows,
+                b.num_vars,
+                b.columns.join(", "),
+                b.label
+            )?;
+        }
+        Ok(())
     }
 }
 
