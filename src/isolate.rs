@@ -87,6 +87,37 @@ pub fn convert_in_child(
     limits: &Limits,
     progress: &dyn Progress,
 ) -> Result<()> {
+    let mut cmd = worker_command(converter, input, output, opts);
+    limit(&mut cmd, limits);
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::Usage(format!(
+            "cannot start the converter {}: {e}",
+            converter.display()
+        ))
+    })?;
+    let pid = child.id();
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    follow_progress(child.stdout.take().expect("piped stdout"), progress);
+    let status = child
+        .wait()
+        .map_err(|e| Error::Usage(format!("converter: {e}")))?;
+    let stderr_text = errors.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    // A crashed child cannot clean up: remove its temporary directory here.
+    remove_child_temporaries(output, pid);
+    Err(worker_failure(status, &stderr_text, input))
+}
+
+/// `converter convert-worker INPUT OUTPUT --matrix .. --data-dtype ..`, its stdout and stderr
+/// piped.
+fn worker_command(converter: &Path, input: &Path, output: &Path, opts: &ConvertOptions) -> Command {
     let mut cmd = Command::new(converter);
     cmd.arg("convert-worker")
         .arg(input)
@@ -101,6 +132,11 @@ pub fn convert_in_child(
     if opts.allow_lossy {
         cmd.arg("--allow-lossy");
     }
+    cmd
+}
+
+/// The child dies with the daemon and runs under `limits`, without core files.
+fn limit(cmd: &mut Command, limits: &Limits) {
     let l = limits.clone();
     // SAFETY: the closure runs between fork and exec and only calls prctl and setrlimit, which
     // are async-signal-safe; it allocates nothing and touches no locks.
@@ -128,21 +164,12 @@ pub fn convert_in_child(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        Error::Usage(format!(
-            "cannot start the converter {}: {e}",
-            converter.display()
-        ))
-    })?;
-    let pid = child.id();
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let errors = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+}
+
+/// Passes the worker's `total N` and `rows N` lines on to `progress`, until its stdout closes.
+fn follow_progress(stdout: impl Read, progress: &dyn Progress) {
     let mut done = 0u64;
-    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+    for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         if let Some(n) = line.strip_prefix("total ").and_then(|n| n.parse().ok()) {
             progress.start(n);
@@ -154,28 +181,23 @@ pub fn convert_in_child(
             done = n;
         }
     }
-    let status = child
-        .wait()
-        .map_err(|e| Error::Usage(format!("converter: {e}")))?;
-    let stderr_text = errors.join().unwrap_or_default();
-    if status.success() {
-        return Ok(());
-    }
-    // A crashed child cannot clean up: remove its temporary directory here.
-    remove_child_temporaries(output, pid);
+}
+
+/// Why a worker that did not succeed failed: interrupted, crashed, or its last error line.
+fn worker_failure(status: std::process::ExitStatus, stderr_text: &str, input: &Path) -> Error {
     if let Some(sig @ (libc::SIGTERM | libc::SIGINT | libc::SIGHUP)) = status.signal() {
-        return Err(Error::Interrupted(format!(
+        return Error::Interrupted(format!(
             "converter interrupted by {} while converting {}; it runs again at the next start",
             signal_name(sig),
             input.display()
-        )));
+        ));
     }
     if let Some(sig) = status.signal() {
-        return Err(Error::Usage(format!(
+        return Error::Usage(format!(
             "converter crashed: {} while converting {}",
             signal_name(sig),
             input.display()
-        )));
+        ));
     }
     let last = stderr_text
         .lines()
@@ -183,11 +205,11 @@ pub fn convert_in_child(
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
     let msg = last.strip_prefix("scdl-fs: ").unwrap_or(last).to_string();
-    Err(Error::Usage(if msg.is_empty() {
+    Error::Usage(if msg.is_empty() {
         format!("converter failed ({status}) on {}", input.display())
     } else {
         msg
-    }))
+    })
 }
 
 /// Removes `.NAME.scdl-tmp.<pid>.*` beside `output`.
