@@ -84,6 +84,94 @@ pub struct MatrixReader<'a> {
     indptr: Option<hdf5::Dataset>,
 }
 
+/// CSR or CSC, from the group's `encoding-type` (or legacy `h5sparse_format`).
+fn sparse_layout(h5: &H5ad, path: &str, group: &hdf5::Group) -> Result<Layout> {
+    let encoding = string_attr(group, "encoding-type");
+    let legacy = string_attr(group, "h5sparse_format");
+    match (encoding.as_deref(), legacy.as_deref()) {
+        (Some("csr_matrix"), _) | (None, Some("csr")) => Ok(Layout::Csr),
+        (Some("csc_matrix"), _) | (None, Some("csc")) => Ok(Layout::Csc),
+        (Some(other), _) => Err(h5.error(
+            path,
+            format!("unsupported matrix encoding '{}'", clip(other)),
+        )),
+        (None, Some(other)) => Err(h5.error(
+            path,
+            format!("unsupported h5sparse_format '{}'", clip(other)),
+        )),
+        (None, None) => Err(h5.error(
+            path,
+            "group has no encoding-type or h5sparse_format: not a sparse matrix",
+        )),
+    }
+}
+
+/// (rows, columns) from the group's `shape` (or legacy `h5sparse_shape`).
+fn sparse_shape(h5: &H5ad, path: &str, group: &hdf5::Group) -> Result<(u64, u64)> {
+    let shape = int_list_attr(group, "shape")
+        .or_else(|| int_list_attr(group, "h5sparse_shape"))
+        .ok_or_else(|| h5.error(path, "sparse matrix without a shape attribute"))?;
+    match shape[..] {
+        [r, c] if r >= 0 && c >= 0 => Ok((r as u64, c as u64)),
+        _ => Err(h5.error(path, format!("invalid shape {shape:?}"))),
+    }
+}
+
+/// `data`, `indices`, `indptr`: 1-D, as many indices as values, one indptr entry per row (CSR)
+/// or column (CSC) and one more, integer indices.
+fn check_sparse_members(
+    h5: &H5ad,
+    path: &str,
+    members: [(&str, &hdf5::Dataset); 3],
+    major: u64,
+    (n_rows, n_cols): (u64, u64),
+) -> Result<()> {
+    for (name, ds) in members {
+        if ds.ndim() != 1 {
+            return Err(h5.error(
+                &format!("{path}/{name}"),
+                format!("expected a 1-D array, found shape {:?}", ds.shape()),
+            ));
+        }
+    }
+    let [(_, data), (_, indices), (_, indptr)] = members;
+    let nnz = data.size() as u64;
+    if indices.size() as u64 != nnz {
+        return Err(h5.error(
+            &format!("{path}/indices"),
+            format!("has {} entries but data has {nnz}", indices.size()),
+        ));
+    }
+    if indptr.size() as u64 != major + 1 {
+        return Err(h5.error(
+            &format!("{path}/indptr"),
+            format!(
+                "has {} entries but the shape ({n_rows}, {n_cols}) needs {}",
+                indptr.size(),
+                major as u128 + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `indices` and `indptr` hold integers.
+fn check_index_types(h5: &H5ad, path: &str, members: [(&str, &hdf5::Dataset); 2]) -> Result<()> {
+    for (name, ds) in members {
+        match ds.dtype().and_then(|t| t.to_descriptor()) {
+            Ok(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)) => {}
+            Ok(other) => {
+                return Err(h5.error(
+                    &format!("{path}/{name}"),
+                    format!("expected integers, found {other:?}"),
+                ))
+            }
+            Err(e) => return Err(h5.error(&format!("{path}/{name}"), e.to_string())),
+        }
+    }
+    Ok(())
+}
+
 fn element_dtype(desc: &TypeDescriptor) -> Option<Dtype> {
     use hdf5::types::FloatSize;
     Some(match desc {
@@ -112,37 +200,8 @@ impl<'a> MatrixReader<'a> {
         let group = file
             .group(path)
             .map_err(|_| h5.error(path, "is neither a dataset nor a group"))?;
-        let encoding = string_attr(&group, "encoding-type");
-        let legacy = string_attr(&group, "h5sparse_format");
-        let layout = match (encoding.as_deref(), legacy.as_deref()) {
-            (Some("csr_matrix"), _) | (None, Some("csr")) => Layout::Csr,
-            (Some("csc_matrix"), _) | (None, Some("csc")) => Layout::Csc,
-            (Some(other), _) => {
-                return Err(h5.error(
-                    path,
-                    format!("unsupported matrix encoding '{}'", clip(other)),
-                ))
-            }
-            (None, Some(other)) => {
-                return Err(h5.error(
-                    path,
-                    format!("unsupported h5sparse_format '{}'", clip(other)),
-                ))
-            }
-            (None, None) => {
-                return Err(h5.error(
-                    path,
-                    "group has no encoding-type or h5sparse_format: not a sparse matrix",
-                ))
-            }
-        };
-        let shape = int_list_attr(&group, "shape")
-            .or_else(|| int_list_attr(&group, "h5sparse_shape"))
-            .ok_or_else(|| h5.error(path, "sparse matrix without a shape attribute"))?;
-        let (n_rows, n_cols) = match shape[..] {
-            [r, c] if r >= 0 && c >= 0 => (r as u64, c as u64),
-            _ => return Err(h5.error(path, format!("invalid shape {shape:?}"))),
-        };
+        let layout = sparse_layout(h5, path, &group)?;
+        let (n_rows, n_cols) = sparse_shape(h5, path, &group)?;
         let member = |name: &str| {
             group
                 .dataset(name)
@@ -151,49 +210,15 @@ impl<'a> MatrixReader<'a> {
         let data = member("data")?;
         let indices = member("indices")?;
         let indptr = member("indptr")?;
-        for (name, ds) in [("data", &data), ("indices", &indices), ("indptr", &indptr)] {
-            if ds.ndim() != 1 {
-                return Err(h5.error(
-                    &format!("{path}/{name}"),
-                    format!("expected a 1-D array, found shape {:?}", ds.shape()),
-                ));
-            }
-        }
-        let nnz = data.size() as u64;
-        if indices.size() as u64 != nnz {
-            return Err(h5.error(
-                &format!("{path}/indices"),
-                format!("has {} entries but data has {nnz}", indices.size()),
-            ));
-        }
         let major = if layout == Layout::Csr {
             n_rows
         } else {
             n_cols
         };
-        if indptr.size() as u64 != major + 1 {
-            return Err(h5.error(
-                &format!("{path}/indptr"),
-                format!(
-                    "has {} entries but the shape ({n_rows}, {n_cols}) needs {}",
-                    indptr.size(),
-                    major as u128 + 1
-                ),
-            ));
-        }
+        let members = [("data", &data), ("indices", &indices), ("indptr", &indptr)];
+        check_sparse_members(h5, path, members, major, (n_rows, n_cols))?;
         let dtype = Self::data_dtype(h5, &format!("{path}/data"), &data)?;
-        for (name, ds) in [("indices", &indices), ("indptr", &indptr)] {
-            match ds.dtype().and_then(|t| t.to_descriptor()) {
-                Ok(TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)) => {}
-                Ok(other) => {
-                    return Err(h5.error(
-                        &format!("{path}/{name}"),
-                        format!("expected integers, found {other:?}"),
-                    ))
-                }
-                Err(e) => return Err(h5.error(&format!("{path}/{name}"), e.to_string())),
-            }
-        }
+        check_index_types(h5, path, [("indices", &indices), ("indptr", &indptr)])?;
         let reader = MatrixReader {
             h5,
             path: path.to_string(),
@@ -201,7 +226,7 @@ impl<'a> MatrixReader<'a> {
             n_rows,
             n_cols,
             dtype,
-            nnz,
+            nnz: data.size() as u64,
             data,
             indices: Some(indices),
             indptr: Some(indptr),
