@@ -3,6 +3,8 @@
 # Prints wall time, throughput (input MB/s) and peak RSS for each run, then the medians.
 #
 #   bench/convert.sh [INPUT.h5ad] [RUNS]
+# With BASELINE=/path/to/another/scdl-fs (say, a build of main), that binary's conversion runs
+# in the same rounds too, labelled baseline.
 # Default input: bench-data/bench.h5ad, made (once) by bench/make_h5ad.py (200,000 x 20,000, 2.4 %).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +34,10 @@ results="$WORK/results"
 for i in $(seq "$RUNS"); do
   rm -rf "$WORK/ours"
   measure scdl-fs "$BIN" convert "$INPUT" "$WORK/ours" >>"$results"
+  if [[ -n "${BASELINE:-}" ]]; then
+    rm -rf "$WORK/baseline"
+    measure baseline "$BASELINE" convert "$INPUT" "$WORK/baseline" >>"$results"
+  fi
   rm -rf "$WORK/bionemo"
   measure bionemo-0.1.3 env PYTHONPATH="$VENV/bionemo-0.1.3:$ROOT/tests/oracle/torch_stub" "$PY" -W ignore -c \
     "import sys; from bionemo.scdl.io.single_cell_memmap_dataset import SingleCellMemMapDataset as D; D(sys.argv[1], h5ad_path=sys.argv[2], use_X_not_raw=True)" \
@@ -39,4 +45,4 @@ for i in $(seq "$RUNS"); do
 done
 echo "input: $INPUT ($MB MB), $RUNS runs each"
 . "$ROOT/bench/lib.sh"
-table "$results" "$MB" scdl-fs bionemo-0.1.3
+table "$results" "$MB" scdl-fs ${BASELINE:+baseline} bionemo-0.1.3

@@ -11,6 +11,8 @@
 # Needs root (mounts; offering FUSE over io_uring via /sys/module/fuse/parameters/enable_uring).
 #
 #   bench/mount.sh [SECONDS] [ROUNDS]
+# With BASELINE=/path/to/another/scdl-fs (say, a build of main), the store is also mounted with
+# that binary (io_uring) and read in the same interleaved rounds, labelled baseline.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)"
@@ -34,6 +36,14 @@ BAREMNT="$(mktemp -d)"
 trap 'for m in "$MNT" "$PLAIN" "$BAREMNT"; do umount "$m" 2>/dev/null || true; rmdir "$m"; done; rm -f "${ROW_FILE:-}"' EXIT
 "$BIN" mount "$MNT" --store "$STORE"
 "$BIN" mount "$PLAIN" --store "$STORE" --no-io-uring
+BASEMNT="$(mktemp -d)"
+trap 'for m in "$MNT" "$PLAIN" "$BAREMNT" "$BASEMNT"; do umount "$m" 2>/dev/null || true; rmdir "$m"; done; rm -f "${ROW_FILE:-}"' EXIT
+rows_baseline=() npz_baseline=()
+if [[ -n "${BASELINE:-}" ]]; then
+  "$BASELINE" mount "$BASEMNT" --store "$STORE"
+  rows_baseline=(baseline="$BASEMNT/bench/rows:{}.npy:200000")
+  npz_baseline=(baseline="$BASEMNT/bench/csr:{}-{}.npz:200000")
+fi
 ROW_BYTES=$(stat -c %s "$MNT/bench/rows/0.npy")
 ROW_FILE="$(mktemp)"
 cp "$MNT/bench/rows/0.npy" "$ROW_FILE"  # the bare file system serves copies of a real row
@@ -44,12 +54,14 @@ echo "## random rows/<i>.npy ($ROW_BYTES bytes), side by side, $ROUNDS rounds of
 for mode in read npload; do
   "$PY" "$ROOT/bench/ab_reads.py" --mode "$mode" --rounds "$ROUNDS" \
     io_uring="$MNT/bench/rows:{}.npy:200000" dev_fuse="$PLAIN/bench/rows:{}.npy:200000" \
-    bare_fuse="$BAREMNT:{}:200000"
+    bare_fuse="$BAREMNT:{}:200000" "${rows_baseline[@]}"
 done
 echo "## random 1,024-row csr/<a>-<b>.npz, side by side"
 "$PY" "$ROOT/bench/ab_reads.py" --mode npz --rounds "$ROUNDS" \
-  io_uring="$MNT/bench/csr:{}-{}.npz:200000" dev_fuse="$PLAIN/bench/csr:{}-{}.npz:200000"
+  io_uring="$MNT/bench/csr:{}-{}.npz:200000" dev_fuse="$PLAIN/bench/csr:{}-{}.npz:200000" \
+  "${npz_baseline[@]}"
 umount "$BAREMNT" "$PLAIN"
+[[ -n "${BASELINE:-}" ]] && umount "$BASEMNT"
 echo "## reads with bionemo-scdl side by side (io_uring mount), one reader, ${SECONDS_EACH}s per loop"
 "$PY" "$ROOT/bench/mount_reads.py" "$MNT" bench --archive "$STORE/bench" --seconds "$SECONDS_EACH"
 
