@@ -17,6 +17,7 @@
 //! command-line edge over this library.
 
 pub mod archive;
+pub mod batches;
 pub mod concat;
 pub mod convert;
 pub mod dtype;

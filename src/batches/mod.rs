@@ -1,0 +1,9 @@
+//! Shuffled minibatches (`batches/<PLAN>/<EPOCH>/<K>.npz|.safetensors`), everything but the
+//! mounted tree: `plan` parses the names, `order` computes which rows a batch holds (a keyed
+//! permutation, no state), `render` sizes and renders a batch from an `Archive`.
+
+pub mod order;
+pub mod plan;
+
+pub use order::{EpochOrder, Run};
+pub use plan::{parse_batch_file, parse_epoch, BatchFormat, Plan, PlanError};
