@@ -46,7 +46,7 @@ fn the_order_agrees_with_the_python_reimplementation_of_semantics() {
         let rank = gen.below(ranks);
         let seed = if n % 5 == 0 { gen.below(4) } else { gen.0 };
         // Keys in a varying order: the Python side parses the plan on its own.
-        let mut items = vec![
+        let mut items = [
             format!("size={size}"),
             format!("seed={seed}"),
             format!("block={block}"),

@@ -4,6 +4,8 @@
 
 pub mod order;
 pub mod plan;
+pub mod render;
 
 pub use order::{EpochOrder, Run};
 pub use plan::{parse_batch_file, parse_epoch, BatchFormat, Plan, PlanError};
+pub use render::{BatchLayout, ReadPool, MAX_BATCH_BYTES};
