@@ -34,6 +34,7 @@ pub mod namespace;
 pub mod npy;
 pub mod render;
 pub mod space;
+pub mod stats;
 pub mod store;
 
 pub use error::{Error, Result};
