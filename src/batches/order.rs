@@ -150,7 +150,7 @@ impl EpochOrder {
             return None;
         }
         let start = self.global_batch(k) * self.size;
-        Some(start..(start + self.size).min(self.rows))
+        Some(start..start + (self.rows - start).min(self.size))
     }
 
     /// The global row numbers of this rank's batch `k`, in batch order.
