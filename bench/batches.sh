@@ -33,7 +33,7 @@ done
 echo "| mode | median rows/s (order: µs) | rounds | vs numpy gather |"
 echo "|---|---|---|---|"
 gather=$(grep "^numpy_gather " "$RESULTS" | cut -d' ' -f2 | median)
-for mode in block1_npz block1_safetensors block64_npz block64_safetensors numpy_gather order_us_10e8; do
+for mode in block1_npz block1_safetensors block1_npz_pooled block64_npz block64_safetensors block64_npz_pooled numpy_gather order_us_10e8; do
   med=$(grep "^$mode " "$RESULTS" | cut -d' ' -f2 | median)
   runs=$(grep "^$mode " "$RESULTS" | cut -d' ' -f2 | paste -sd, | sed 's/,/, /g')
   ratio=$(awk -v m="$med" -v g="$gather" 'BEGIN { printf "%.2fx", m / g }')
