@@ -30,13 +30,15 @@ for round in $(seq "$ROUNDS"); do
   "$ROOT/target/release/examples/batches_bench" "$ARCHIVE" "$SECONDS_EACH" "$THREADS" >>"$RESULTS"
   "$PY" "$ROOT/bench/gather.py" "$ARCHIVE" "$SECONDS_EACH" >>"$RESULTS"
 done
-echo "| mode | median rows/s (order: µs) | rounds | vs numpy gather |"
-echo "|---|---|---|---|"
+echo "| mode | median rows/s | runs | vs numpy gather | median CPU µs per batch | runs |"
+echo "|---|---|---|---|---|---|"
 gather=$(grep "^numpy_gather " "$RESULTS" | cut -d' ' -f2 | median)
-for mode in block1_npz block1_safetensors block1_npz_pooled block64_npz block64_safetensors block64_npz_pooled numpy_gather order_us_10e8; do
+runs_of() { grep "^$1 " "$RESULTS" | cut -d' ' -f2 | paste -sd, | sed 's/,/, /g'; }
+for mode in block1_npz block1_safetensors block1_npz_pooled block64_npz block64_safetensors block64_npz_pooled numpy_gather; do
   med=$(grep "^$mode " "$RESULTS" | cut -d' ' -f2 | median)
-  runs=$(grep "^$mode " "$RESULTS" | cut -d' ' -f2 | paste -sd, | sed 's/,/, /g')
   ratio=$(awk -v m="$med" -v g="$gather" 'BEGIN { printf "%.2fx", m / g }')
-  [[ $mode == order_us_10e8 ]] && ratio="-"
-  echo "| $mode | $med | $runs | $ratio |"
+  cpu=$(grep "^${mode}_cpu_us " "$RESULTS" | cut -d' ' -f2 | median)
+  echo "| $mode | $med | $(runs_of "$mode") | $ratio | ${cpu:--} | $(runs_of "${mode}_cpu_us") |"
 done
+echo
+echo "order_us_10e8 (µs to find a batch of a fresh epoch at 10^8 rows): median $(grep "^order_us_10e8 " "$RESULTS" | cut -d' ' -f2 | median), runs $(runs_of order_us_10e8)"

@@ -6,8 +6,9 @@
 //!
 //!     cargo run --release --example batches_bench -- ARCHIVE [SECONDS] [THREADS]
 //!
-//! Prints one line per mode: `MODE ROWS_PER_S` (and `order_us_10e8 MICROSECONDS`, the median
-//! over 10,000 fresh epochs). bench/batches.sh runs it side by side with a numpy gather.
+//! Prints one line per mode: `MODE ROWS_PER_S`, then `MODE_cpu_us MICROSECONDS` (process CPU
+//! time per batch, all threads), and `order_us_10e8 MICROSECONDS`, the median over 10,000
+//! fresh epochs. bench/batches.sh runs it side by side with a numpy gather.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,16 +16,31 @@ use std::time::{Duration, Instant};
 use scdl_fs::archive::Archive;
 use scdl_fs::batches::{BatchFormat, BatchLayout, EpochOrder, Plan, ReadPool};
 
+/// CPU time of the whole process (every thread) so far, in seconds, from /proc/self/stat: on a
+/// shared machine it says what a batch costs better than wall time does.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Rows per second and CPU microseconds per batch.
 fn render_rate(
     archive: &Archive,
     plan: &str,
     format: BatchFormat,
     pool: &ReadPool,
     secs: f64,
-) -> f64 {
+) -> (f64, f64) {
     let plan = Plan::parse(plan).expect("plan");
     let mut rows = 0u64;
+    let mut batches = 0u64;
     let mut bytes = 0usize;
+    let cpu = process_cpu_seconds();
     let start = Instant::now();
     let mut epoch = 0u32;
     'outer: loop {
@@ -36,6 +52,7 @@ fn render_rate(
             let out = layout.render(archive, format, pool).expect("render");
             bytes += out.len();
             rows += layout.rows();
+            batches += 1;
             if start.elapsed() >= Duration::from_secs_f64(secs) {
                 break 'outer;
             }
@@ -43,7 +60,8 @@ fn render_rate(
         epoch += 1;
     }
     std::hint::black_box(bytes);
-    rows as f64 / start.elapsed().as_secs_f64()
+    let cpu_us = (process_cpu_seconds() - cpu) * 1e6 / batches as f64;
+    (rows as f64 / start.elapsed().as_secs_f64(), cpu_us)
 }
 
 fn order_micros() -> f64 {
@@ -77,12 +95,14 @@ fn main() {
     let pooled = ReadPool::without_cache_probe(threads).expect("pool");
     for (name, plan) in [("block1", "size=256"), ("block64", "size=256,block=64")] {
         for format in BatchFormat::ALL {
-            let rate = render_rate(&archive, plan, format, &pool, secs);
+            let (rate, cpu) = render_rate(&archive, plan, format, &pool, secs);
             println!("{name}_{} {rate:.0}", format.extension());
+            println!("{name}_{}_cpu_us {cpu:.0}", format.extension());
         }
         // Every slice through the pool, as on a cold cache (but the data is warm here).
-        let rate = render_rate(&archive, plan, BatchFormat::Npz, &pooled, secs);
+        let (rate, cpu) = render_rate(&archive, plan, BatchFormat::Npz, &pooled, secs);
         println!("{name}_npz_pooled {rate:.0}");
+        println!("{name}_npz_pooled_cpu_us {cpu:.0}");
     }
     println!("order_us_10e8 {:.2}", order_micros());
 }

@@ -173,12 +173,30 @@ impl BatchLayout {
             .collect();
         let mut feature_blocks = Vec::with_capacity(row_ids.len());
         let mut width = 0;
-        for &row in &row_ids {
-            let (block, _) = archive.features.block_of_row(row).ok_or_else(|| {
-                Error::archive(&archive.path, format!("row {row} is in no feature block"))
-            })?;
-            feature_blocks.push(block as i32);
-            width = width.max(archive.features.blocks[block].frame.num_vars);
+        let blocks = &archive.features.blocks;
+        for r in &runs {
+            // One search per run, then the run's rows walk forward through the blocks.
+            let (mut block, mut start) =
+                archive.features.block_of_row(r.run.first).ok_or_else(|| {
+                    Error::archive(
+                        &archive.path,
+                        format!("row {} is in no feature block", r.run.first),
+                    )
+                })?;
+            for row in r.run.first..r.run.first + r.run.len {
+                while row >= start + blocks[block].rows {
+                    start += blocks[block].rows;
+                    block += 1;
+                    if block == blocks.len() {
+                        return Err(Error::archive(
+                            &archive.path,
+                            format!("row {row} is in no feature block"),
+                        ));
+                    }
+                }
+                feature_blocks.push(block as i32);
+                width = width.max(blocks[block].frame.num_vars);
+            }
         }
         let nnz = runs.iter().map(RunPtrs::nnz).sum();
         Ok(BatchLayout {
