@@ -33,11 +33,12 @@ done
 echo "| mode | median rows/s | runs | vs numpy gather | median CPU µs per batch | runs |"
 echo "|---|---|---|---|---|---|"
 gather=$(grep "^numpy_gather " "$RESULTS" | cut -d' ' -f2 | median)
-runs_of() { grep "^$1 " "$RESULTS" | cut -d' ' -f2 | paste -sd, | sed 's/,/, /g'; }
-for mode in block1_npz block1_safetensors block1_npz_pooled block64_npz block64_safetensors block64_npz_pooled numpy_gather; do
+runs_of() { { grep "^$1 " "$RESULTS" || true; } | cut -d' ' -f2 | paste -sd, | sed 's/,/, /g'; }
+for mode in block1_npz block1_safetensors block64_npz block64_safetensors numpy_gather; do
   med=$(grep "^$mode " "$RESULTS" | cut -d' ' -f2 | median)
   ratio=$(awk -v m="$med" -v g="$gather" 'BEGIN { printf "%.2fx", m / g }')
-  cpu=$(grep "^${mode}_cpu_us " "$RESULTS" | cut -d' ' -f2 | median)
+  cpu=-
+  [[ -n "$(runs_of "${mode}_cpu_us")" ]] && cpu=$(grep "^${mode}_cpu_us " "$RESULTS" | cut -d' ' -f2 | median)
   echo "| $mode | $med | $(runs_of "$mode") | $ratio | ${cpu:--} | $(runs_of "${mode}_cpu_us") |"
 done
 echo

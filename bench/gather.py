@@ -2,7 +2,8 @@
 random rows per batch over an SCDL archive's memmaps, assembled into a scipy CSR matrix
 (what a Python loader over the archive itself does, in-process).
 
-    python bench/gather.py ARCHIVE SECONDS      -> prints "numpy_gather ROWS_PER_S"
+    python bench/gather.py ARCHIVE SECONDS
+        -> prints "numpy_gather ROWS_PER_S" and "numpy_gather_cpu_us CPU_MICROSECONDS_PER_BATCH"
 """
 
 import json
@@ -23,6 +24,8 @@ def main():
     width = json.load(open(f"{path}/metadata.json")).get("num_vars") or int(cols.max()) + 1
     rng = np.random.default_rng(0)
     rows_done = 0
+    batches = 0
+    cpu = time.process_time()
     start = time.perf_counter()
     while time.perf_counter() - start < secs:
         rows = rng.choice(n, 256, replace=False)
@@ -33,7 +36,9 @@ def main():
         idx = np.repeat(a - indptr[:-1], lengths) + np.arange(indptr[-1])
         m = sp.csr_matrix((data[idx], cols[idx].astype(np.int32), indptr), shape=(256, width))
         rows_done += m.shape[0]
+        batches += 1
     print(f"numpy_gather {rows_done / (time.perf_counter() - start):.0f}")
+    print(f"numpy_gather_cpu_us {(time.process_time() - cpu) * 1e6 / batches:.0f}")
 
 
 if __name__ == "__main__":

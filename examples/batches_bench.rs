@@ -1,7 +1,6 @@
 //! Benchmark of the shuffled-batch library pieces, in-process (no mount): how many rows per
 //! second `BatchLayout` + `render` turn into finished batch files (bytes ready for the kernel),
-//! for `block=1` and `block=64`, `.npz` and `.safetensors` (and `.npz` with every slice read
-//! on the pool, `_pooled`, the path a cold cache takes); and how long finding the rows of a
+//! for `block=1` and `block=64`, `.npz` and `.safetensors`; and how long finding the rows of a
 //! batch of a fresh epoch takes at 10^8 rows.
 //!
 //!     cargo run --release --example batches_bench -- ARCHIVE [SECONDS] [THREADS]
@@ -92,17 +91,12 @@ fn main() {
         std::process::exit(1);
     });
     let pool = ReadPool::new(threads).expect("pool");
-    let pooled = ReadPool::without_cache_probe(threads).expect("pool");
     for (name, plan) in [("block1", "size=256"), ("block64", "size=256,block=64")] {
         for format in BatchFormat::ALL {
             let (rate, cpu) = render_rate(&archive, plan, format, &pool, secs);
             println!("{name}_{} {rate:.0}", format.extension());
             println!("{name}_{}_cpu_us {cpu:.0}", format.extension());
         }
-        // Every slice through the pool, as on a cold cache (but the data is warm here).
-        let (rate, cpu) = render_rate(&archive, plan, BatchFormat::Npz, &pooled, secs);
-        println!("{name}_npz_pooled {rate:.0}");
-        println!("{name}_npz_pooled_cpu_us {cpu:.0}");
     }
     println!("order_us_10e8 {:.2}", order_micros());
 }

