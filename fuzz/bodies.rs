@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use scdl_fs::archive::Archive;
+use scdl_fs::batches::{self as batch, BatchFormat, BatchLayout, EpochOrder, Plan, ReadPool};
 use scdl_fs::catalog::CatalogOptions;
 use scdl_fs::convert::{self, ConvertOptions, Quiet};
 use scdl_fs::namespace::{FsError, Namespace, NamespaceOptions, NodeType, ROOT_INO};
@@ -28,11 +29,12 @@ use scdl_fs::store::Store;
 pub type Body = fn(&[u8]);
 
 /// Every target by name, for the seed replay test.
-pub const TARGETS: [(&str, Body); 4] = [
+pub const TARGETS: [(&str, Body); 5] = [
     ("control", control),
     ("names", names),
     ("npy", npy),
     ("archive", archive),
+    ("batches", batches),
 ];
 
 // ------------------------------------------------------------------------------ templates
@@ -502,5 +504,55 @@ pub fn archive(data: &[u8]) {
             }
         }
         first = end;
+    }
+}
+
+// ------------------------------------------------------------------------------ batches
+
+/// `batches`: `PLAN/EPOCH/K.EXT` as a user would name it. Parsing never panics and every refusal
+/// is one line; an accepted plan spells itself canonically and back; its order never panics and
+/// gives distinct rows within the dataset, at most `size` of them; over the fixture archive
+/// (three feature blocks of different widths) every batch's computed size is its rendering's.
+pub fn batches(data: &[u8]) {
+    static FIXTURE: OnceLock<(Archive, ReadPool)> = OnceLock::new();
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '/');
+    let plan = match Plan::parse(parts.next().unwrap_or("")) {
+        Ok(plan) => plan,
+        Err(e) => {
+            assert!(!e.to_string().contains('\n'), "{e}");
+            return;
+        }
+    };
+    assert_eq!(Plan::parse(&plan.canonical()), Ok(plan));
+    let epoch = parts.next().and_then(batch::parse_epoch).unwrap_or(0);
+    let (k, format) = parts
+        .next()
+        .and_then(batch::parse_batch_file)
+        .unwrap_or((0, BatchFormat::Npz));
+    let (archive, pool) = FIXTURE.get_or_init(|| {
+        let archive = Archive::open(&templates().blocks).expect("template archive");
+        (archive, ReadPool::new(2).expect("pool"))
+    });
+    for rows in [archive.num_rows, 1 << 40] {
+        let order = EpochOrder::new(&plan, rows, epoch);
+        let k = k % order.batches().max(1);
+        let Some(batch) = order.batch_rows(k) else {
+            assert_eq!(order.batches(), 0);
+            continue;
+        };
+        assert!(!batch.is_empty() && batch.len() as u64 <= plan.size);
+        let distinct: std::collections::HashSet<_> = batch.iter().collect();
+        assert_eq!(distinct.len(), batch.len());
+        assert!(batch.iter().all(|&r| r < rows));
+        if rows == archive.num_rows {
+            let layout = BatchLayout::of_batch(archive, &order, k, pool)
+                .expect("layout")
+                .expect("batch exists");
+            assert_eq!(layout.row_ids, batch);
+            let size = layout.file_size(archive, format).expect("size");
+            let bytes = layout.render(archive, format, pool).expect("render");
+            assert_eq!(bytes.len() as u64, size, "{plan} epoch {epoch} batch {k}");
+        }
     }
 }

@@ -143,6 +143,8 @@ fn worker_command(converter: &Path, input: &Path, output: &Path, opts: &ConvertO
     if opts.allow_lossy {
         cmd.arg("--allow-lossy");
     }
+    // One argument with '=': a column name may start with '-'.
+    cmd.arg(format!("--obs={}", opts.obs));
     cmd
 }
 

@@ -41,6 +41,10 @@ struct ConvertArgs {
     /// Convert values that the data type cannot hold exactly instead of failing.
     #[arg(long)]
     allow_lossy: bool,
+    /// Per-cell metadata kept in obs_features/: all, none, or COL,COL,... (the obs index, the
+    /// cell ids, is always kept as a column).
+    #[arg(long, default_value = "all")]
+    obs: scdl_fs::obs::ObsChoice,
 }
 
 impl ConvertArgs {
@@ -49,6 +53,7 @@ impl ConvertArgs {
             matrix: self.matrix.clone(),
             data_dtype: self.data_dtype,
             allow_lossy: self.allow_lossy,
+            obs: self.obs.clone(),
             cap_file_size: false,
         }
     }
@@ -108,6 +113,7 @@ impl MountArgs {
                 matrix: self.matrix.clone(),
                 data_dtype: self.data_dtype,
                 allow_lossy: false,
+                obs: scdl_fs::obs::ObsChoice::All,
                 cap_file_size: false,
             },
         }
@@ -308,6 +314,17 @@ impl std::fmt::Display for InfoText<'_> {
                 b.columns.join(", "),
                 b.label
             )?;
+        }
+        match &info.obs {
+            None => writeln!(f, "obs       none")?,
+            Some(obs) => {
+                writeln!(f, "obs       {} block(s)", obs.blocks.len())?;
+                for (i, b) in obs.blocks.iter().enumerate() {
+                    let cols: Vec<String> =
+                        b.columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+                    writeln!(f, "  {i}: {} rows, columns [{}]", b.rows, cols.join(", "))?;
+                }
+            }
         }
         Ok(())
     }

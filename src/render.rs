@@ -126,15 +126,15 @@ const ZIP_END: usize = 22;
 
 /// A zip of stored (uncompressed) members, as np.savez writes, built in one buffer: each
 /// member's bytes are written in place (values and columns read straight into it) and its CRC
-/// patched into the local header afterwards.
-struct ZipBuilder {
+/// patched into the local header afterwards. Also used for the shuffled batches' `.npz`.
+pub(crate) struct ZipBuilder {
     out: Vec<u8>,
     central: Vec<u8>,
     members: u16,
 }
 
 impl ZipBuilder {
-    fn with_capacity(size: usize) -> ZipBuilder {
+    pub(crate) fn with_capacity(size: usize) -> ZipBuilder {
         ZipBuilder {
             out: Vec::with_capacity(size),
             central: Vec::new(),
@@ -143,7 +143,11 @@ impl ZipBuilder {
     }
 
     /// Appends member `name` whose bytes `fill` appends to the buffer it is given.
-    fn member(&mut self, name: &str, fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
+    pub(crate) fn member(
+        &mut self,
+        name: &str,
+        fill: impl FnOnce(&mut Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
         let offset = self.out.len();
         // Local file header: version 2.0, no flags, stored, DOS time/date 1980-01-01; CRC and
         // sizes patched below.
@@ -177,7 +181,7 @@ impl ZipBuilder {
         Ok(())
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         let cd_offset = self.out.len() as u32;
         let cd_size = self.central.len() as u32;
         self.out.extend_from_slice(&self.central);
@@ -193,7 +197,7 @@ impl ZipBuilder {
 }
 
 /// Appends `len` bytes to `out` and lets `read` fill them.
-fn append_read(
+pub(crate) fn append_read(
     out: &mut Vec<u8>,
     len: u64,
     read: impl FnOnce(&mut [u8]) -> Result<()>,
@@ -203,43 +207,60 @@ fn append_read(
     read(&mut out[start..])
 }
 
+/// Whether column indices need int64 (scipy's choice for widths past int32).
+pub(crate) fn wide_indices(width: u64) -> bool {
+    width > i32::MAX as u64
+}
+
+/// Size of a `.npy` member body: its header and `bytes` of values.
+pub(crate) fn npy_size(descr: &str, shape: &[u64], bytes: u64) -> u64 {
+    npy::header(descr, shape).len() as u64 + bytes
+}
+
+/// The members of a scipy CSR `.npz` of `rows` rows, `width` columns and `nnz` values, with
+/// the size of each member's body, in the order scipy.sparse.save_npz writes them.
+pub(crate) fn csr_members(
+    nnz: u64,
+    rows: u64,
+    width: u64,
+    data: crate::dtype::Dtype,
+) -> [(&'static str, u64); 5] {
+    let wide = wide_indices(width);
+    let (index_descr, index_size) = if wide { ("<i8", 8) } else { ("<i4", 4) };
+    [
+        (
+            "indices.npy",
+            npy_size(index_descr, &[nnz], nnz * index_size),
+        ),
+        ("indptr.npy", npy_size("<i8", &[rows + 1], (rows + 1) * 8)),
+        ("format.npy", npy_size("|S3", &[], 3)),
+        ("shape.npy", npy_size("<i8", &[2], 16)),
+        (
+            "data.npy",
+            npy_size(data.descr(), &[nnz], nnz * data.size() as u64),
+        ),
+    ]
+}
+
+/// Exact size of a stored zip of these members (name, body size), as `ZipBuilder` writes it.
+pub(crate) fn zip_size(members: &[(&str, u64)]) -> u64 {
+    members
+        .iter()
+        .map(|(n, len)| (ZIP_LOCAL + ZIP_CENTRAL + 2 * n.len()) as u64 + len)
+        .sum::<u64>()
+        + ZIP_END as u64
+}
+
 /// Exact size of `csr/<a>-<b>.npz`, computed from the row pointers only.
 pub fn npz_size(archive: &Archive, span: &RowSpan) -> Result<u64> {
     let (a, _) = archive.row_range(span.first)?;
     let (_, b) = archive.row_range(span.end - 1)?;
-    let nnz = b - a;
-    let index_size = if span.width > i32::MAX as u64 { 8 } else { 4 };
-    let body =
-        |descr: &str, shape: &[u64], bytes: u64| npy::header(descr, shape).len() as u64 + bytes;
-    let members = [
-        (
-            "indices.npy",
-            body(
-                if index_size == 8 { "<i8" } else { "<i4" },
-                &[nnz],
-                nnz * index_size,
-            ),
-        ),
-        (
-            "indptr.npy",
-            body("<i8", &[span.rows() + 1], (span.rows() + 1) * 8),
-        ),
-        ("format.npy", body("|S3", &[], 3)),
-        ("shape.npy", body("<i8", &[2], 16)),
-        (
-            "data.npy",
-            body(
-                archive.data_dtype.descr(),
-                &[nnz],
-                nnz * archive.data_dtype.size() as u64,
-            ),
-        ),
-    ];
-    Ok(members
-        .iter()
-        .map(|(n, len)| (ZIP_LOCAL + ZIP_CENTRAL + 2 * n.len()) as u64 + len)
-        .sum::<u64>()
-        + ZIP_END as u64)
+    Ok(zip_size(&csr_members(
+        b - a,
+        span.rows(),
+        span.width,
+        archive.data_dtype,
+    )))
 }
 
 /// Largest .npz we render (zip without the zip64 extension).
@@ -258,7 +279,7 @@ pub fn npz(archive: &Archive, span: &RowSpan) -> Result<Vec<u8>> {
     let ptrs = archive.row_ptrs(span.first, span.end + 1)?;
     let (a, b) = (ptrs[0], ptrs[ptrs.len() - 1]);
     let nnz = b - a;
-    let wide = span.width > i32::MAX as u64;
+    let wide = wide_indices(span.width);
     let mut zip = ZipBuilder::with_capacity(size as usize);
     zip.member("indices.npy", |out| {
         out.extend_from_slice(&npy::header(if wide { "<i8" } else { "<i4" }, &[nnz]));

@@ -56,8 +56,13 @@ fn archive_seeds() {
 }
 
 #[test]
+fn batches_seeds() {
+    replay("batches");
+}
+
+#[test]
 fn every_target_has_a_test() {
     let mut names: Vec<&str> = bodies::TARGETS.iter().map(|(n, _)| *n).collect();
     names.sort();
-    assert_eq!(names, ["archive", "control", "names", "npy"]);
+    assert_eq!(names, ["archive", "batches", "control", "names", "npy"]);
 }

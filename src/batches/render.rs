@@ -1,0 +1,479 @@
+//! A shuffled batch as a file: its exact size from `row_ptr` alone, and its bytes as a scipy
+//! CSR `.npz` (the zip writer and member sizes of `crate::render`, plus `row_ids` and
+//! `feature_block`) or as `.safetensors` (written by the safetensors crate).
+//!
+//! A batch's rows are known before it is read, so their slices are read concurrently on a
+//! `ReadPool` (a cold cache then sees many reads in flight, not one at a time), and each run of
+//! consecutive rows (a block, with `block=R`) is read with one pread of its row pointers, one of
+//! its columns and one of its values.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::View;
+
+use super::order::{EpochOrder, Run};
+use super::plan::BatchFormat;
+use crate::archive::Archive;
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::npy;
+use crate::render::{append_read, csr_members, npy_size, wide_indices, zip_size, ZipBuilder};
+
+/// Largest batch file served: beyond it the batch does not exist (ask for a smaller size).
+pub const MAX_BATCH_BYTES: u64 = 1 << 30;
+
+/// Threads that read the slices of batches; blocking preads, so more than the CPUs: they wait
+/// on storage, not compute.
+pub const DEFAULT_READ_THREADS: usize = 16;
+
+/// The threads that read batch slices concurrently.
+pub struct ReadPool {
+    pool: rayon::ThreadPool,
+}
+
+impl ReadPool {
+    pub fn new(threads: usize) -> Result<ReadPool> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("batch-read-{i}"))
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot start the batch read threads: {e}")))?;
+        Ok(ReadPool { pool })
+    }
+
+    /// Runs `f` on every piece of work, concurrently; the first error wins.
+    fn each<W: Send>(&self, work: Vec<W>, f: impl Fn(W) -> Result<()> + Sync + Send) -> Result<()> {
+        if work.is_empty() {
+            return Ok(());
+        }
+        self.pool.install(|| work.into_par_iter().try_for_each(f))
+    }
+}
+
+/// A run of consecutive rows with their row pointers (len + 1 entries, absolute).
+struct RunPtrs {
+    run: Run,
+    ptrs: Vec<u64>,
+}
+
+impl RunPtrs {
+    fn elements(&self) -> (u64, u64) {
+        (self.ptrs[0], self.ptrs[self.ptrs.len() - 1])
+    }
+
+    fn nnz(&self) -> u64 {
+        let (a, b) = self.elements();
+        b - a
+    }
+}
+
+/// What a batch holds, read from `row_ptr` and the feature index only: enough to size its
+/// files exactly, and the plan to render them.
+pub struct BatchLayout {
+    runs: Vec<RunPtrs>,
+    /// Global row numbers, in batch order.
+    pub row_ids: Vec<u64>,
+    /// The feature block of each row.
+    pub feature_blocks: Vec<i32>,
+    /// The widest width among the rows' feature blocks.
+    pub width: u64,
+    pub nnz: u64,
+}
+
+impl BatchLayout {
+    /// The layout of this rank's batch `k` of `order` over `archive`, or `None` when there is
+    /// no such batch.
+    pub fn of_batch(
+        archive: &Archive,
+        order: &EpochOrder,
+        k: u64,
+        pool: &ReadPool,
+    ) -> Result<Option<BatchLayout>> {
+        match order.batch_runs(k) {
+            Some(runs) => BatchLayout::read(archive, &runs, pool).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The layout of the rows `runs` cover, in that order; row pointers read concurrently.
+    pub fn read(archive: &Archive, runs: &[Run], pool: &ReadPool) -> Result<BatchLayout> {
+        if let Some(bad) = runs.iter().find(|r| {
+            r.len == 0
+                || r.first
+                    .checked_add(r.len)
+                    .is_none_or(|e| e > archive.num_rows)
+        }) {
+            return Err(Error::archive(
+                &archive.path,
+                format!(
+                    "batch rows {}..{} beyond the archive's {} rows",
+                    bad.first,
+                    bad.first.saturating_add(bad.len),
+                    archive.num_rows
+                ),
+            ));
+        }
+        let mut ptrs: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
+        pool.each(
+            runs.iter().zip(ptrs.iter_mut()).collect(),
+            |(run, out): (&Run, &mut Vec<u64>)| {
+                *out = archive.row_ptrs(run.first, run.first + run.len + 1)?;
+                Ok(())
+            },
+        )?;
+        let runs: Vec<RunPtrs> = runs
+            .iter()
+            .zip(ptrs)
+            .map(|(&run, ptrs)| RunPtrs { run, ptrs })
+            .collect();
+        let row_ids: Vec<u64> = runs
+            .iter()
+            .flat_map(|r| r.run.first..r.run.first + r.run.len)
+            .collect();
+        let mut feature_blocks = Vec::with_capacity(row_ids.len());
+        let mut width = 0;
+        let blocks = &archive.features.blocks;
+        for r in &runs {
+            // One search per run, then the run's rows walk forward through the blocks.
+            let (mut block, mut start) =
+                archive.features.block_of_row(r.run.first).ok_or_else(|| {
+                    Error::archive(
+                        &archive.path,
+                        format!("row {} is in no feature block", r.run.first),
+                    )
+                })?;
+            for row in r.run.first..r.run.first + r.run.len {
+                while row >= start + blocks[block].rows {
+                    start += blocks[block].rows;
+                    block += 1;
+                    if block == blocks.len() {
+                        return Err(Error::archive(
+                            &archive.path,
+                            format!("row {row} is in no feature block"),
+                        ));
+                    }
+                }
+                feature_blocks.push(block as i32);
+                width = width.max(blocks[block].frame.num_vars);
+            }
+        }
+        let nnz = runs.iter().map(RunPtrs::nnz).sum();
+        Ok(BatchLayout {
+            runs,
+            row_ids,
+            feature_blocks,
+            width,
+            nnz,
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.row_ids.len() as u64
+    }
+
+    fn index_size(&self) -> u64 {
+        if wide_indices(self.width) {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// The exact size of the batch file in `format`; an error when it would exceed
+    /// `MAX_BATCH_BYTES`.
+    pub fn file_size(&self, archive: &Archive, format: BatchFormat) -> Result<u64> {
+        let size = match format {
+            BatchFormat::Npz => zip_size(&self.npz_members(archive)),
+            BatchFormat::Safetensors => self.safetensors_size(archive)?,
+        };
+        if size > MAX_BATCH_BYTES {
+            return Err(Error::Usage(format!(
+                "a batch of {} rows with {} values would make a {size}-byte file, over the {MAX_BATCH_BYTES}-byte limit; ask for a smaller size",
+                self.rows(),
+                self.nnz
+            )));
+        }
+        Ok(size)
+    }
+
+    fn npz_members(&self, archive: &Archive) -> Vec<(&'static str, u64)> {
+        let rows = self.rows();
+        let mut members = csr_members(self.nnz, rows, self.width, archive.data_dtype).to_vec();
+        members.push(("row_ids.npy", npy_size("<i8", &[rows], rows * 8)));
+        members.push(("feature_block.npy", npy_size("<i4", &[rows], rows * 4)));
+        members
+    }
+
+    /// Renders the batch file in `format`.
+    pub fn render(
+        &self,
+        archive: &Archive,
+        format: BatchFormat,
+        pool: &ReadPool,
+    ) -> Result<Vec<u8>> {
+        let size = self.file_size(archive, format)?;
+        let out = match format {
+            BatchFormat::Npz => self.render_npz(archive, size, pool)?,
+            BatchFormat::Safetensors => self.render_safetensors(archive, pool)?,
+        };
+        debug_assert_eq!(out.len() as u64, size);
+        Ok(out)
+    }
+
+    /// Splits `buf` into one slice per run, `item` bytes per element.
+    fn per_run<'a>(&self, mut buf: &'a mut [u8], item: u64) -> Vec<&'a mut [u8]> {
+        let mut parts = Vec::with_capacity(self.runs.len());
+        for r in &self.runs {
+            let (head, rest) = buf.split_at_mut((r.nnz() * item) as usize);
+            parts.push(head);
+            buf = rest;
+        }
+        parts
+    }
+
+    /// The values of every run, in batch order, into `buf` (nnz × item size bytes).
+    fn read_values(&self, archive: &Archive, buf: &mut [u8], pool: &ReadPool) -> Result<()> {
+        let parts = self.per_run(buf, archive.data_dtype.size() as u64);
+        pool.each(self.runs.iter().zip(parts).collect(), |(r, part)| {
+            archive.read_data_into(r.elements().0, part)
+        })
+    }
+
+    /// The column indices of every run as int32 (int64 when wide) little-endian, into `buf`.
+    fn read_indices(&self, archive: &Archive, buf: &mut [u8], pool: &ReadPool) -> Result<()> {
+        let wide = wide_indices(self.width);
+        let parts = self.per_run(buf, self.index_size());
+        pool.each(self.runs.iter().zip(parts).collect(), |(r, part)| {
+            let (a, b) = r.elements();
+            if !wide && archive.col_dtype == Dtype::U32 {
+                // Columns below 2^31 stored as little-endian u32 are already the int32 bytes.
+                return archive.read_cols_into(a, part);
+            }
+            let cols = archive.cols(a, b)?;
+            if wide {
+                for (c, out) in cols.iter().zip(part.chunks_exact_mut(8)) {
+                    out.copy_from_slice(&(*c as i64).to_le_bytes());
+                }
+            } else {
+                for (c, out) in cols.iter().zip(part.chunks_exact_mut(4)) {
+                    out.copy_from_slice(&(*c as i32).to_le_bytes());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// indptr: each row's end, relative to the batch, from the runs' row pointers.
+    fn indptr(&self) -> Vec<i64> {
+        let mut out = Vec::with_capacity(self.row_ids.len() + 1);
+        out.push(0i64);
+        let mut base = 0i64;
+        for r in &self.runs {
+            let first = r.ptrs[0];
+            for p in &r.ptrs[1..] {
+                out.push(base + (p - first) as i64);
+            }
+            base += r.nnz() as i64;
+        }
+        out
+    }
+
+    fn render_npz(&self, archive: &Archive, size: u64, pool: &ReadPool) -> Result<Vec<u8>> {
+        let (nnz, rows) = (self.nnz, self.rows());
+        let index_descr = if wide_indices(self.width) {
+            "<i8"
+        } else {
+            "<i4"
+        };
+        let dtype = archive.data_dtype;
+        let mut zip = ZipBuilder::with_capacity(size as usize);
+        zip.member("indices.npy", |out| {
+            out.extend_from_slice(&npy::header(index_descr, &[nnz]));
+            append_read(out, nnz * self.index_size(), |buf| {
+                self.read_indices(archive, buf, pool)
+            })
+        })?;
+        zip.member("indptr.npy", |out| {
+            out.extend_from_slice(&npy::header("<i8", &[rows + 1]));
+            out.extend(self.indptr().iter().flat_map(|p| p.to_le_bytes()));
+            Ok(())
+        })?;
+        zip.member("format.npy", |out| {
+            out.extend_from_slice(&npy::header("|S3", &[]));
+            out.extend_from_slice(b"csr");
+            Ok(())
+        })?;
+        zip.member("shape.npy", |out| {
+            out.extend_from_slice(&npy::header("<i8", &[2]));
+            out.extend_from_slice(&(rows as i64).to_le_bytes());
+            out.extend_from_slice(&(self.width as i64).to_le_bytes());
+            Ok(())
+        })?;
+        zip.member("data.npy", |out| {
+            out.extend_from_slice(&npy::header(dtype.descr(), &[nnz]));
+            append_read(out, nnz * dtype.size() as u64, |buf| {
+                self.read_values(archive, buf, pool)
+            })
+        })?;
+        zip.member("row_ids.npy", |out| {
+            out.extend_from_slice(&npy::header("<i8", &[rows]));
+            out.extend(self.row_ids.iter().flat_map(|r| (*r as i64).to_le_bytes()));
+            Ok(())
+        })?;
+        zip.member("feature_block.npy", |out| {
+            out.extend_from_slice(&npy::header("<i4", &[rows]));
+            out.extend(self.feature_blocks.iter().flat_map(|b| b.to_le_bytes()));
+            Ok(())
+        })?;
+        Ok(zip.finish())
+    }
+
+    /// The `__metadata__` of the safetensors file, `format` before `shape`. The crate takes a
+    /// std `HashMap`, which iterates (and so serialises) in an order its random hash keys
+    /// decide; two keys land in the canonical order for about half of all maps, so maps are
+    /// made until one does: every daemon writes the same bytes for a batch.
+    fn safetensors_metadata(&self) -> HashMap<String, String> {
+        let make = || {
+            HashMap::from([
+                ("format".to_string(), "csr".to_string()),
+                (
+                    "shape".to_string(),
+                    format!("[{}, {}]", self.rows(), self.width),
+                ),
+            ])
+        };
+        let mut map = make();
+        // Each try fails with probability 1/2: 200 tries all failing does not happen.
+        for _ in 0..200 {
+            if map.keys().next().map(String::as_str) == Some("format") {
+                break;
+            }
+            map = make();
+        }
+        map
+    }
+
+    /// (name, dtype, element count) of each tensor.
+    fn safetensors_tensors(
+        &self,
+        archive: &Archive,
+    ) -> [(&'static str, safetensors::Dtype, u64); 5] {
+        let index = if wide_indices(self.width) {
+            safetensors::Dtype::I64
+        } else {
+            safetensors::Dtype::I32
+        };
+        let rows = self.rows();
+        [
+            ("data", safetensors_dtype(archive.data_dtype), self.nnz),
+            ("indices", index, self.nnz),
+            ("indptr", safetensors::Dtype::I64, rows + 1),
+            ("row_ids", safetensors::Dtype::I64, rows),
+            ("feature_block", safetensors::Dtype::I32, rows),
+        ]
+    }
+
+    /// The exact size `safetensors::serialize` will produce: its header is the crate's own
+    /// `Metadata` serialised, the tensors laid out in the crate's order (dtype alignment
+    /// descending, then name), padded to 8 bytes, after an 8-byte length.
+    fn safetensors_size(&self, archive: &Archive) -> Result<u64> {
+        let mut tensors = self.safetensors_tensors(archive).to_vec();
+        tensors.sort_by(|(ln, ld, _), (rn, rd, _)| rd.cmp(ld).then(ln.cmp(rn)));
+        let mut offset = 0usize;
+        let infos = tensors
+            .iter()
+            .map(|(name, dtype, n)| {
+                let len = *n as usize * dtype.bitsize() / 8;
+                let info = TensorInfo {
+                    dtype: *dtype,
+                    shape: vec![*n as usize],
+                    data_offsets: (offset, offset + len),
+                };
+                offset += len;
+                (name.to_string(), info)
+            })
+            .collect();
+        let bad = |e: String| Error::Usage(format!("safetensors header: {e}"));
+        let metadata = Metadata::new(Some(self.safetensors_metadata()), infos)
+            .map_err(|e| bad(e.to_string()))?;
+        let header = serde_json::to_string(&metadata).map_err(|e| bad(e.to_string()))?;
+        Ok(8 + header.len().next_multiple_of(8) as u64 + offset as u64)
+    }
+
+    fn render_safetensors(&self, archive: &Archive, pool: &ReadPool) -> Result<Vec<u8>> {
+        let mut values = vec![0u8; (self.nnz * archive.data_dtype.size() as u64) as usize];
+        self.read_values(archive, &mut values, pool)?;
+        let mut indices = vec![0u8; (self.nnz * self.index_size()) as usize];
+        self.read_indices(archive, &mut indices, pool)?;
+        let indptr: Vec<u8> = self.indptr().iter().flat_map(|p| p.to_le_bytes()).collect();
+        let row_ids: Vec<u8> = self
+            .row_ids
+            .iter()
+            .flat_map(|r| (*r as i64).to_le_bytes())
+            .collect();
+        let blocks: Vec<u8> = self
+            .feature_blocks
+            .iter()
+            .flat_map(|b| b.to_le_bytes())
+            .collect();
+        let bytes: [&[u8]; 5] = [&values, &indices, &indptr, &row_ids, &blocks];
+        let tensors = self
+            .safetensors_tensors(archive)
+            .into_iter()
+            .zip(bytes)
+            .map(|((name, dtype, n), bytes)| {
+                (
+                    name,
+                    Tensor {
+                        dtype,
+                        shape: [n as usize],
+                        bytes,
+                    },
+                )
+            });
+        safetensors::serialize(tensors, Some(self.safetensors_metadata()))
+            .map_err(|e| Error::Usage(format!("safetensors: {e}")))
+    }
+}
+
+/// A 1-D tensor over bytes already laid out, for `safetensors::serialize`.
+struct Tensor<'a> {
+    dtype: safetensors::Dtype,
+    shape: [usize; 1],
+    bytes: &'a [u8],
+}
+
+impl View for Tensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn safetensors_dtype(d: Dtype) -> safetensors::Dtype {
+    use safetensors::Dtype as S;
+    match d {
+        Dtype::F16 => S::F16,
+        Dtype::F32 => S::F32,
+        Dtype::F64 => S::F64,
+        Dtype::I8 => S::I8,
+        Dtype::I16 => S::I16,
+        Dtype::I32 => S::I32,
+        Dtype::I64 => S::I64,
+        Dtype::U8 => S::U8,
+        Dtype::U16 => S::U16,
+        Dtype::U32 => S::U32,
+        Dtype::U64 => S::U64,
+    }
+}

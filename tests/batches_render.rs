@@ -1,0 +1,168 @@
+//! Shuffled batches rendered from real converted fixtures, both formats, checked by
+//! tests/batches/check_batches.py: the rows each batch must hold from its own re-implementation
+//! of the order, the values from the source .h5ad read by anndata, the files read by
+//! scipy.sparse.load_npz, numpy and safetensors.numpy. Every size computed without rendering
+//! must equal the bytes rendered.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use scdl_fs::archive::Archive;
+use scdl_fs::batches::{BatchFormat, BatchLayout, EpochOrder, Plan, ReadPool};
+
+fn convert(input: &Path, args: &[&str], out: &Path) {
+    let mut all = vec!["convert", input.to_str().unwrap(), out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = common::scdl(&all);
+    assert!(o.status.success(), "convert failed: {}", common::stderr(&o));
+}
+
+/// Renders every batch of `plans` × epochs 0 and 1 into `dir`, checking each size, and
+/// returns the manifest entries.
+fn render_all(archive: &Archive, plans: &[&str], dir: &Path) -> Vec<serde_json::Value> {
+    let pool = ReadPool::new(8).unwrap();
+    let serial = ReadPool::new(1).unwrap();
+    let mut entries = Vec::new();
+    for (p, plan_text) in plans.iter().enumerate() {
+        let plan = Plan::parse(plan_text).unwrap();
+        for epoch in [0u32, 1] {
+            let order = EpochOrder::new(&plan, archive.num_rows, epoch);
+            assert!(order.batches() > 0, "{plan_text}: no batches");
+            for k in 0..order.batches() {
+                let layout = BatchLayout::of_batch(archive, &order, k, &pool)
+                    .unwrap()
+                    .unwrap();
+                for format in BatchFormat::ALL {
+                    let size = layout.file_size(archive, format).unwrap();
+                    let bytes = layout.render(archive, format, &pool).unwrap();
+                    assert_eq!(
+                        bytes.len() as u64,
+                        size,
+                        "{plan_text} {epoch} {k} {format:?}"
+                    );
+                    // Concurrent reads must not change a byte.
+                    assert_eq!(bytes, layout.render(archive, format, &serial).unwrap());
+                    let path = dir.join(format!("{p}-{epoch}-{}", format.file_name(k)));
+                    std::fs::write(&path, &bytes).unwrap();
+                    entries.push(serde_json::json!({
+                        "path": path, "plan": plan_text, "epoch": epoch, "k": k,
+                        "format": format.extension(), "size": size,
+                    }));
+                }
+            }
+            assert!(
+                BatchLayout::of_batch(archive, &order, order.batches(), &pool)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
+    entries
+}
+
+fn check(sources: &[PathBuf], convert_args: &[&str], data_dtype: &str, plans: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive_path = tmp.path().join("archive");
+    let input = if sources.len() == 1 {
+        sources[0].clone()
+    } else {
+        common::fixtures().join("dir")
+    };
+    convert(&input, convert_args, &archive_path);
+    let archive = Archive::open(&archive_path).unwrap();
+    assert_eq!(archive.data_dtype.name(), data_dtype);
+    let entries = render_all(&archive, plans, tmp.path());
+    let files = entries.len();
+    let manifest = serde_json::json!({
+        "sources": sources, "data_dtype": data_dtype, "batches": entries,
+    });
+    let manifest_path = tmp.path().join("manifest.json");
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let o = Command::new(common::python())
+        .arg(common::repo().join("tests/batches/check_batches.py"))
+        .arg(&manifest_path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "check_batches.py rejected {input:?}:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.starts_with(&format!(
+            "checked {files} batch files of {} rows",
+            archive.num_rows
+        )),
+        "{said}"
+    );
+}
+
+fn fixture(name: &str) -> Vec<PathBuf> {
+    vec![common::fixtures().join(name)]
+}
+
+#[test]
+fn batches_of_a_large_file_hold_the_source_rows() {
+    check(
+        &fixture("large_csr_f32.h5ad"),
+        &[],
+        "float32",
+        &[
+            "size=64",
+            "seed=3,block=16,size=100",
+            "size=256,block=64,seed=11",
+            "size=50,ranks=3,rank=2,seed=5",
+        ],
+    );
+}
+
+#[test]
+fn batches_mixing_feature_blocks_of_different_widths_take_the_widest() {
+    let dir = common::fixtures().join("dir");
+    let sources = vec![
+        dir.join("a.h5ad"),
+        dir.join("b/c.h5ad"),
+        dir.join("b/d.h5ad"),
+    ];
+    check(
+        &sources,
+        &[],
+        "float32",
+        &[
+            "size=8",
+            "size=6,block=4,seed=2",
+            "size=45",
+            "size=7,ranks=2,rank=1",
+        ],
+    );
+}
+
+#[test]
+fn batches_keep_stored_column_order_empty_rows_and_special_values() {
+    let plans = ["size=8,seed=1", "size=5,block=3,seed=4"];
+    check(&fixture("csr_unsorted.h5ad"), &[], "float32", &plans);
+    check(&fixture("csr_empty_rows.h5ad"), &[], "float32", &plans);
+    check(&fixture("csr_nan_inf.h5ad"), &[], "float32", &plans);
+    check(&fixture("csr_zero_nnz.h5ad"), &[], "float32", &plans);
+}
+
+#[test]
+fn batches_carry_the_archive_data_type() {
+    let plans = ["size=16,seed=8"];
+    check(
+        &fixture("csr_u16.h5ad"),
+        &["--data-dtype", "keep"],
+        "uint16",
+        &plans,
+    );
+    check(
+        &fixture("csr_f64.h5ad"),
+        &["--data-dtype", "float64"],
+        "float64",
+        &plans,
+    );
+}
