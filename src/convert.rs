@@ -133,6 +133,20 @@ pub fn convert_files(
     opts: &ConvertOptions,
     progress: &dyn Progress,
 ) -> Result<WrittenArchive> {
+    let labels: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    convert_labelled(files, &labels, output, opts, progress)
+}
+
+/// As `convert_files`, with each file's feature block labelled `labels[i]` (a confined worker
+/// reads its inputs through descriptors, `/proc/self/fd/N`, but labels them by their real paths).
+pub fn convert_labelled(
+    files: &[PathBuf],
+    labels: &[String],
+    output: &Path,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<WrittenArchive> {
+    assert_eq!(files.len(), labels.len());
     if output.symlink_metadata().is_ok() {
         return Err(Error::Usage(format!(
             "{}: already exists",
@@ -165,14 +179,14 @@ pub fn convert_files(
     let mut writer = ArchiveWriter::create(output, target)?;
     let scratch = writer.scratch_dir()?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
-    for (h5, matrix, frame, rows, dtype) in sources {
+    for ((h5, matrix, frame, rows, dtype), label) in sources.into_iter().zip(labels) {
         let m = h5.matrix(&matrix)?;
         with_element_type!(dtype, S => with_element_type!(target, T => {
             stream_into::<S, T>(&h5, &m, &scratch, &mut writer, opts.allow_lossy, progress)?
         }));
         features.push(FeatureBlock {
             rows,
-            label: h5.path().display().to_string(),
+            label: label.clone(),
             frame,
         });
     }

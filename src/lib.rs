@@ -10,7 +10,9 @@
 //!     -> fuse (kernel adapter) <- mount (daemon lifecycle)
 //! ```
 //!
-//! `isolate` runs conversions for the mount in a child process under resource limits;
+//! `isolate` runs conversions and concats in child processes under resource limits, confined by
+//! `confine` (identity, Landlock, seccomp, namespaces) and writing into a `stage` the parent
+//! publishes;
 //! `render` computes the synthetic files (rows, ranges, npz, feature JSON) from an archive;
 //! `names` validates every user-given name; `dtype` (element types and exact conversion), `npy`
 //! (the .npy format) and `error` serve all of them. The binary (`main.rs`) is a thin
@@ -18,6 +20,7 @@
 
 pub mod archive;
 pub mod concat;
+pub mod confine;
 pub mod convert;
 pub mod dtype;
 pub mod error;
@@ -32,6 +35,7 @@ pub mod names;
 pub mod namespace;
 pub mod npy;
 pub mod render;
+pub mod stage;
 pub mod store;
 
 pub use error::{Error, Result};
