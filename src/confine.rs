@@ -522,7 +522,7 @@ fn install_syscall_filter() -> Result<(), ConfineError> {
 /// Test-only (the fault switch `escape`): what an exploit running in the worker would try, each
 /// attempt reported on stderr as `escape WHAT: refused (why)` or `escape WHAT: SUCCEEDED`, with
 /// the one that kills the worker (`execve`) last. `store` is the directory of the real input and
-/// `others` the entries found there before confinement.
+/// `others` the files found there before confinement (other inputs, other archives' data).
 pub fn try_escapes(store: &std::path::Path, others: &[std::path::PathBuf]) -> ! {
     use std::io::Write;
     let report = |what: String, outcome: std::io::Result<()>| {
@@ -541,15 +541,7 @@ pub fn try_escapes(store: &std::path::Path, others: &[std::path::PathBuf]) -> ! 
         std::fs::read_dir(store).map(drop),
     );
     for p in others {
-        let target = if p.is_dir() {
-            p.join("data.npy")
-        } else {
-            p.clone()
-        };
-        report(
-            format!("read {}", target.display()),
-            std::fs::read(&target).map(drop),
-        );
+        report(format!("read {}", p.display()), std::fs::read(p).map(drop));
     }
     for p in [
         store.join("escaped-by-worker"),

@@ -614,11 +614,16 @@ fn fault_hits(kind: &str, labels: &[String]) -> bool {
 fn escape_targets(labels: &[String]) -> (PathBuf, Vec<PathBuf>) {
     let first = Path::new(labels.first().map(String::as_str).unwrap_or("/"));
     let dir = first.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let visible = |p: &PathBuf| {
+        !p.file_name()
+            .is_some_and(|n| n.as_encoded_bytes()[0] == b'.')
+    };
     let mut others: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
-                .filter(|p| p != first)
+                .filter(|p| p != first && visible(p))
+                .map(|p| if p.is_dir() { p.join("data.npy") } else { p })
                 .collect()
         })
         .unwrap_or_default();

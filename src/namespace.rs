@@ -1548,7 +1548,15 @@ impl Namespace {
             .create_new(true)
             .open(&path)
         {
-            Ok(f) => f,
+            // Readable by the converter's unprivileged user whatever the daemon's umask.
+            Ok(f) => match f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)) {
+                Ok(()) => f,
+                Err(e) => {
+                    forget();
+                    let _ = std::fs::remove_file(&path);
+                    return Err(io_err(e));
+                }
+            },
             Err(e) => {
                 forget();
                 return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {

@@ -76,7 +76,12 @@ impl Stage {
         self.reclaim(&archive)?;
         rename_no_replace(&archive, &self.output)?;
         if let Some(parent) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
+            if let Err(e) = sync_dir(parent) {
+                // Not durable: take it back (the stage is then removed), as ArchiveWriter's own
+                // publish does, so a later start never serves an archive that may vanish.
+                let _ = std::fs::rename(&self.output, &archive);
+                return Err(e);
+            }
         }
         self.published = true;
         let _ = fs::remove_dir_all(&self.dir);
