@@ -72,6 +72,21 @@ pub fn concat(
         .map(|a| (a.path.clone(), a.data_dtype))
         .collect();
     let target = result_dtype(&kinds, data_dtype)?;
+    let needed = crate::space::archive_bytes(
+        archives.iter().map(|a| a.num_rows).sum(),
+        archives.iter().map(|a| a.nnz).sum(),
+        target,
+        archives
+            .iter()
+            .flat_map(|a| &a.features.blocks)
+            .map(|b| b.frame.num_vars)
+            .sum(),
+        archives
+            .iter()
+            .map(|a| a.features.blocks.len() as u64)
+            .sum(),
+    );
+    crate::space::ensure_room(output, needed)?;
     progress.start(archives.iter().map(|a| a.num_rows).sum());
     let mut writer = ArchiveWriter::create(output, target)?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);

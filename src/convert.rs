@@ -14,7 +14,7 @@ use crate::archive::{ArchiveWriter, WrittenArchive, ARCHIVE_VERSION};
 use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::features::{FeatureBlock, FeatureFrame, FeatureIndex};
-use crate::h5ad::{Block, H5ad, MatrixChoice};
+use crate::h5ad::{Block, H5ad, Layout, MatrixChoice};
 use crate::with_element_type;
 
 /// The archive's data type.
@@ -53,6 +53,9 @@ pub struct ConvertOptions {
     pub matrix: MatrixChoice,
     pub data_dtype: DataDtypeChoice,
     pub allow_lossy: bool,
+    /// Lower this process's file-size limit to the computed output size before writing (for
+    /// worker processes, whose only job is this conversion).
+    pub cap_file_size: bool,
 }
 
 /// Receives progress: the total number of rows once known, then rows as they are written.
@@ -153,44 +156,106 @@ pub fn convert_labelled(
             output.display()
         )));
     }
-    // Open everything first: a bad file is reported before anything is written.
-    let mut sources = Vec::with_capacity(files.len());
-    let mut total_rows = 0u64;
-    for f in files {
-        let h5 = H5ad::open(f)?;
-        let (matrix, var) = h5.locate(&opts.matrix)?;
-        let (rows, cols, dtype) = {
-            let m = h5.matrix(&matrix)?;
-            (m.n_rows, m.n_cols, m.dtype)
-        };
-        let frame = FeatureFrame::from_var(h5.dataframe(&var, cols)?);
-        total_rows += rows;
-        sources.push((h5, matrix, frame, rows, dtype));
-    }
+    // Everything is checked before anything is written, cheapest first: the declared shapes
+    // (is there room for the output?), then whether the file really holds the data it
+    // declares, then the var dataframes, which are read whole.
+    let sources = files
+        .iter()
+        .map(|f| Source::open(f, &opts.matrix))
+        .collect::<Result<Vec<_>>>()?;
+    let total_rows: u64 = sources.iter().map(|s| s.rows).sum();
     let target = match opts.data_dtype {
         DataDtypeChoice::Fixed(d) => d,
         DataDtypeChoice::Keep => sources
             .iter()
-            .map(|s| s.4.unsigned_counterpart())
+            .map(|s| s.dtype.unsigned_counterpart())
             .reduce(promote)
             .unwrap_or(Dtype::F32),
     };
+    let needed = disk_bytes(&sources, target);
+    crate::space::ensure_room(output, needed)?;
+    for s in &sources {
+        s.h5.matrix(&s.matrix)?.check_backed_by_storage()?;
+    }
+    let frames = sources
+        .iter()
+        .map(|s| Ok(FeatureFrame::from_var(s.h5.dataframe(&s.var, s.cols)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if opts.cap_file_size {
+        crate::space::cap_file_size(needed.saturating_add(needed / 16 + (64 << 20)))?;
+    }
     progress.start(total_rows);
     let mut writer = ArchiveWriter::create(output, target)?;
     let scratch = writer.scratch_dir()?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
-    for ((h5, matrix, frame, rows, dtype), label) in sources.into_iter().zip(labels) {
-        let m = h5.matrix(&matrix)?;
-        with_element_type!(dtype, S => with_element_type!(target, T => {
-            stream_into::<S, T>(&h5, &m, &scratch, &mut writer, opts.allow_lossy, progress)?
+    for ((s, frame), label) in sources.into_iter().zip(frames).zip(labels) {
+        let m = s.h5.matrix(&s.matrix)?;
+        with_element_type!(s.dtype, S => with_element_type!(target, T => {
+            stream_into::<S, T>(&s.h5, &m, &scratch, &mut writer, opts.allow_lossy, progress)?
         }));
         features.push(FeatureBlock {
-            rows,
+            rows: s.rows,
             label: label.clone(),
             frame,
         });
     }
     writer.finish(&features)
+}
+
+/// An opened input file and what its matrix declares.
+struct Source {
+    h5: H5ad,
+    matrix: String,
+    var: String,
+    rows: u64,
+    cols: u64,
+    dtype: Dtype,
+    /// At most this many values (nnz, or every cell of a dense matrix).
+    max_values: u64,
+    /// CSC is transposed through scratch files as large as its values.
+    csc: bool,
+}
+
+impl Source {
+    fn open(file: &Path, choice: &MatrixChoice) -> Result<Source> {
+        let h5 = H5ad::open(file)?;
+        let (matrix, var) = h5.locate(choice)?;
+        let m = h5.matrix(&matrix)?;
+        let (rows, cols, dtype) = (m.n_rows, m.n_cols, m.dtype);
+        let (max_values, csc) = (m.max_values(), m.layout == Layout::Csc);
+        drop(m);
+        Ok(Source {
+            h5,
+            matrix,
+            var,
+            rows,
+            cols,
+            dtype,
+            max_values,
+            csc,
+        })
+    }
+}
+
+/// The most disk the conversion of `sources` into `target` takes at once, known before a byte
+/// is written: the archive, plus a CSC input's transpose scratch (12 bytes of row and column
+/// and the value, per value), which exists while the archive is being written.
+fn disk_bytes(sources: &[Source], target: Dtype) -> u64 {
+    let sum = |f: fn(&Source) -> u64| sources.iter().map(f).fold(0u64, u64::saturating_add);
+    let archive = crate::space::archive_bytes(
+        sum(|s| s.rows),
+        sum(|s| s.max_values),
+        target,
+        sum(|s| s.cols),
+        sources.len() as u64,
+    );
+    let scratch = sources
+        .iter()
+        .filter(|s| s.csc)
+        .map(|s| s.max_values.saturating_mul(12 + s.dtype.size() as u64))
+        .max()
+        .unwrap_or(0);
+    archive.saturating_add(scratch)
 }
 
 /// Streams one matrix into the writer: this thread reads, a scoped thread converts and writes.

@@ -32,6 +32,9 @@ pub struct Limits {
     /// CPU time, seconds.
     pub cpu_seconds: u64,
     pub open_files: u64,
+    /// Largest file the worker may write (RLIMIT_FSIZE), bytes; `None`: what the output's file
+    /// system can take (its available space less the reserve, see `space`), decided at start.
+    pub file_size: Option<u64>,
 }
 
 impl Default for Limits {
@@ -40,6 +43,7 @@ impl Default for Limits {
             address_space: 8 << 30,
             cpu_seconds: 6 * 3600,
             open_files: 256,
+            file_size: None,
         }
     }
 }
@@ -73,6 +77,7 @@ fn signal_name(sig: i32) -> String {
         libc::SIGBUS => "SIGBUS",
         libc::SIGKILL => "SIGKILL (out of memory or killed)",
         libc::SIGXCPU => "SIGXCPU (CPU time limit)",
+        libc::SIGXFSZ => "SIGXFSZ (file size limit)",
         libc::SIGFPE => "SIGFPE",
         libc::SIGSYS => "SIGSYS (a forbidden system call)",
         libc::SIGILL => "SIGILL",
@@ -284,12 +289,14 @@ fn place_descriptors(sources: &[RawFd]) -> std::io::Result<()> {
 /// Inputs one worker may be given (each a descriptor).
 const MAX_WORKER_FDS: usize = 4096;
 
-/// The rlimits of `Limits`, applied to the calling (forked) process: async-signal-safe.
-fn apply_limits(l: &Limits) -> std::io::Result<()> {
+/// The rlimits of `Limits` (with `file_size` decided for this worker), applied to the calling
+/// (forked) process: async-signal-safe.
+fn apply_limits(l: &Limits, file_size: u64) -> std::io::Result<()> {
     for (res, v) in [
         (libc::RLIMIT_AS, l.address_space),
         (libc::RLIMIT_CPU, l.cpu_seconds),
         (libc::RLIMIT_NOFILE, l.open_files),
+        (libc::RLIMIT_FSIZE, file_size),
         // A crashing libhdf5 is expected now and then: no core files in the store.
         (libc::RLIMIT_CORE, 0),
     ] {
@@ -333,15 +340,26 @@ fn run_worker(exe: &Path, job: &WorkerJob, progress: &dyn Progress) -> Result<Wo
         fds.push(stage.fd().as_raw_fd());
     }
     let l = job.limits.clone();
+    // No single file the worker writes may outgrow what its output's file system can take; the
+    // worker lowers this further to its computed output size once it knows it.
+    let file_size = match (l.file_size, job.output) {
+        (Some(n), _) => n,
+        (None, Some(out)) => output_space(out)?,
+        (None, None) => libc::RLIM_INFINITY,
+    };
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (prctl, setrlimit, fcntl, dup2, close_range); it allocates nothing, touches no lock.
+    // calls (prctl, signal, setrlimit, fcntl, dup2, close_range); it allocates nothing and
+    // touches no lock.
     unsafe {
         cmd.pre_exec(move || {
             // Die with the daemon: a worker must not outlive the process that owns its job.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            apply_limits(&l)?;
+            // A write past RLIMIT_FSIZE then fails with EFBIG (reported, temporaries removed)
+            // instead of killing the worker; an ignored signal stays ignored across exec.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            apply_limits(&l, file_size)?;
             place_descriptors(&fds)
         });
     }
@@ -419,6 +437,16 @@ fn worker_error(outcome: &WorkerOutcome, what: &str, action: &str, input: &Path)
     } else {
         msg
     })
+}
+
+/// What `output`'s file system can take: its available space less the reserve (at least one
+/// byte, so that a full disk gives EFBIG, not an unlimited worker).
+fn output_space(output: &Path) -> Result<u64> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(crate::space::FsSpace::of(dir)?.usable().max(1))
 }
 
 fn open_input(path: &Path) -> Result<(PathBuf, File)> {

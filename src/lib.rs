@@ -14,7 +14,7 @@
 //! `confine` (identity, Landlock, seccomp, namespaces) and writing into a `stage` the parent
 //! publishes;
 //! `render` computes the synthetic files (rows, ranges, npz, feature JSON) from an archive;
-//! `names` validates every user-given name; `dtype` (element types and exact conversion), `npy`
+//! `names` validates every user-given name; `space` decides whether an output fits on its disk; `dtype` (element types and exact conversion), `npy`
 //! (the .npy format) and `error` serve all of them. The binary (`main.rs`) is a thin
 //! command-line edge over this library.
 
@@ -35,6 +35,7 @@ pub mod names;
 pub mod namespace;
 pub mod npy;
 pub mod render;
+pub mod space;
 pub mod stage;
 pub mod store;
 

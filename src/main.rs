@@ -49,6 +49,7 @@ impl ConvertArgs {
             matrix: self.matrix.clone(),
             data_dtype: self.data_dtype,
             allow_lossy: self.allow_lossy,
+            cap_file_size: false,
         }
     }
 }
@@ -323,6 +324,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                     matrix,
                     data_dtype,
                     allow_lossy: false,
+                    cap_file_size: false,
                 },
                 worker_user: worker.worker_user,
             };
@@ -347,8 +349,12 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             )
             .map_err(failed)?;
             bar.0.finish_and_clear();
-            let written = Archive::open(output).map_err(failed)?;
-            report(output, written.num_rows, written.nnz, written.data_dtype);
+            // The archive was read back before it was published; this read is for the summary
+            // line only, and the archive stands whatever it says.
+            match Archive::open(output) {
+                Ok(a) => report(output, a.num_rows, a.nnz, a.data_dtype),
+                Err(e) => eprintln!("{}: written ({e})", output.display()),
+            }
             Ok(())
         }
         Command::Concat {
@@ -373,8 +379,10 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             )
             .map_err(failed)?;
             bar.0.finish_and_clear();
-            let written = Archive::open(&output).map_err(failed)?;
-            report(&output, written.num_rows, written.nnz, written.data_dtype);
+            match Archive::open(&output) {
+                Ok(a) => report(&output, a.num_rows, a.nnz, a.data_dtype),
+                Err(e) => eprintln!("{}: written ({e})", output.display()),
+            }
             Ok(())
         }
         Command::ConvertWorker {
@@ -390,6 +398,8 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 matrix,
                 data_dtype,
                 allow_lossy,
+                // The worker's only job is this conversion: it may cap its own file sizes.
+                cap_file_size: true,
             };
             if labels.len() != inputs.len() {
                 return Err((EXIT_FAILED, "one --label per --input".to_string()));
