@@ -111,9 +111,11 @@ pub struct Layers {
 }
 
 impl Layers {
-    /// Every layer in force (what the daemon expects on a current kernel as root).
+    /// Every layer in force (what a current kernel gives; not root is as good as dropping it).
     pub fn complete(&self) -> bool {
-        self.identity.starts_with("uid ")
+        let unprivileged =
+            self.identity.starts_with("uid ") || self.identity.starts_with("already unprivileged");
+        unprivileged
             && self.no_new_privs
             && self.landlock_full
             && self.seccomp
@@ -173,7 +175,14 @@ pub struct Grants<'a> {
 }
 
 /// Confines the calling process (see the module documentation). Call it while single-threaded.
-pub fn confine(identity: Option<Identity>, grants: &Grants) -> Result<Layers, ConfineError> {
+/// `keep_root`: started as root, stay uid 0 (only where the daemon found that the store's file
+/// system refuses any other user; the other layers still apply). Otherwise root without an
+/// `identity` to drop to is an error.
+pub fn confine(
+    identity: Option<Identity>,
+    keep_root: bool,
+    grants: &Grants,
+) -> Result<Layers, ConfineError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let mut layers = Layers::default();
@@ -184,6 +193,9 @@ pub fn confine(identity: Option<Identity>, grants: &Grants) -> Result<Layers, Co
         (true, Some(id)) => {
             drop_identity(id)?;
             format!("uid {} gid {} (no supplementary groups)", id.uid, id.gid)
+        }
+        (true, None) if keep_root => {
+            "root kept (the store's file system refuses other users)".into()
         }
         (true, None) => return Err(failed("identity", "no worker user to drop root to")),
         (false, _) => {

@@ -101,6 +101,9 @@ pub struct Confinement {
     pub identity: Option<Identity>,
     /// False only with [`UNCONFINED_ENV`] set (benchmark comparisons; not for production).
     pub enabled: bool,
+    /// Stay root (the other layers still apply): set by [`check_confinement`] only, for a store
+    /// whose file system refuses every user but root (FUSE without allow_other, root squash).
+    pub keep_root: bool,
 }
 
 impl Default for Confinement {
@@ -110,6 +113,7 @@ impl Default for Confinement {
         Confinement::for_user(DEFAULT_WORKER_USER).unwrap_or(Confinement {
             identity: None,
             enabled: true,
+            keep_root: false,
         })
     }
 }
@@ -137,12 +141,16 @@ impl Confinement {
             None
         };
         let enabled = !std::env::var(UNCONFINED_ENV).is_ok_and(|v| v == "1");
-        Ok(Confinement { identity, enabled })
+        Ok(Confinement {
+            identity,
+            enabled,
+            keep_root: false,
+        })
     }
 
     /// Who owns what a worker writes: its identity when it drops one.
     fn stage_owner(&self) -> Option<Identity> {
-        self.identity.filter(|_| self.enabled)
+        self.identity.filter(|_| self.enabled && !self.keep_root)
     }
 }
 
@@ -155,6 +163,7 @@ pub struct WorkerGrants {
     pub read_fds: Vec<RawFd>,
     pub stage_fd: Option<RawFd>,
     pub unconfined: bool,
+    pub keep_root: bool,
 }
 
 impl WorkerGrants {
@@ -171,6 +180,9 @@ impl WorkerGrants {
         }
         if self.unconfined {
             a.push("--unconfined".into());
+        }
+        if self.keep_root {
+            a.push("--keep-root".into());
         }
         a
     }
@@ -191,7 +203,7 @@ pub fn confine_worker(grants: &WorkerGrants) -> Result<Option<Layers>> {
         read: grants.read_fds.iter().map(borrow).collect(),
         write: grants.stage_fd.iter().map(borrow).collect(),
     };
-    let layers = confine::confine(grants.identity, &confine_grants)
+    let layers = confine::confine(grants.identity, grants.keep_root, &confine_grants)
         .map_err(|e| Error::Usage(e.to_string()))?;
     println!("layers {}", layers.encode());
     Ok(Some(layers))
@@ -232,7 +244,8 @@ impl WorkerJob<'_> {
 
     fn grants(&self) -> WorkerGrants {
         WorkerGrants {
-            identity: self.confinement.identity,
+            identity: self.confinement.stage_owner(),
+            keep_root: self.confinement.keep_root,
             read_fds: (0..self.inputs.len()).map(Self::input_fd).collect(),
             stage_fd: self.stage.map(|_| self.stage_fd()),
             unconfined: !self.confinement.enabled,
@@ -556,14 +569,18 @@ pub fn concat_in_child(
     stage.publish()
 }
 
-/// Starts a worker that only confines itself and reports the layers it got: what every worker
-/// of this process gets (the daemon logs it once at start).
-pub fn probe(exe: &Path, confinement: &Confinement) -> Result<Option<Layers>> {
+/// Starts a worker that only confines itself, writes one file into `stage` if given, and
+/// reports the layers it got: what every worker of this process gets.
+pub fn probe(
+    exe: &Path,
+    confinement: &Confinement,
+    stage: Option<&Stage>,
+) -> Result<Option<Layers>> {
     let job = WorkerJob {
         subcommand: "confine-probe",
         args: Vec::new(),
         inputs: Vec::new(),
-        stage: None,
+        stage,
         output: None,
         limits: Limits::default(),
         confinement,
@@ -575,14 +592,34 @@ pub fn probe(exe: &Path, confinement: &Confinement) -> Result<Option<Layers>> {
     Ok(outcome.layers)
 }
 
-/// Logs, once, how this process's workers are confined (target `confinement`, shown at the
-/// default log level); a missing layer is a warning.
-pub fn log_confinement(exe: &Path, confinement: &Confinement) -> Result<()> {
+/// Checks, once at the daemon's start, that confined workers can write into a stage in `state_dir`
+/// (the store's own directory), and logs the layers they get (target `confinement`, shown at the
+/// default log level; a missing layer is a warning). Where the store's file system refuses the
+/// worker user (FUSE without allow_other such as sshfs, NFS with root squash), workers keep uid 0
+/// and that is a warning too; the returned confinement is what the workers then get.
+pub fn check_confinement(
+    exe: &Path,
+    mut confinement: Confinement,
+    state_dir: &Path,
+) -> Result<Confinement> {
     if !confinement.enabled {
         log::warn!(target: "confinement", "workers run UNCONFINED ({UNCONFINED_ENV}=1): for benchmarks only, not for production");
-        return Ok(());
+        return Ok(confinement);
     }
-    match probe(exe, confinement)? {
+    let probe_in_store = |c: &Confinement| -> Result<Option<Layers>> {
+        let stage = Stage::create(&state_dir.join("confinement-probe"), c.stage_owner())?;
+        probe(exe, c, Some(&stage))
+    };
+    let layers = match probe_in_store(&confinement) {
+        Ok(layers) => layers,
+        Err(e) if confinement.stage_owner().is_some() => {
+            log::warn!(target: "confinement", "the worker user cannot write in this store ({e}): its file system refuses other users (FUSE without allow_other, NFS root squash?); workers keep uid 0, the other layers still apply");
+            confinement.keep_root = true;
+            probe_in_store(&confinement)?
+        }
+        Err(e) => return Err(e),
+    };
+    match layers {
         Some(layers) if layers.complete() => {
             log::info!(target: "confinement", "workers confined: {layers}")
         }
@@ -591,7 +628,7 @@ pub fn log_confinement(exe: &Path, confinement: &Confinement) -> Result<()> {
         }
         None => log::warn!(target: "confinement", "the confinement probe reported nothing"),
     }
-    Ok(())
+    Ok(confinement)
 }
 
 /// Reports progress on stdout in the protocol above (the child side).
@@ -715,9 +752,17 @@ pub fn concat_worker_main(
     .map(|_| ())
 }
 
-/// The probe's entry point: confines itself (nothing granted) and reports the layers.
+/// The probe's entry point: confines itself, reports the layers, and writes (then removes) one
+/// file in its stage, as a worker would.
 pub fn probe_main(grants: &WorkerGrants) -> Result<()> {
-    confine_worker(grants).map(|_| ())
+    confine_worker(grants)?;
+    if let Some(fd) = grants.stage_fd {
+        let p = fd_path(fd).join("probe");
+        std::fs::write(&p, b"probe")
+            .and_then(|_| std::fs::remove_file(&p))
+            .map_err(|e| Error::Usage(format!("cannot write in its staging directory: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Where the daemon finds its converter: this executable.

@@ -69,6 +69,9 @@ struct GrantArgs {
     /// Apply no confinement layer (SCDL_FS_UNCONFINED=1 in the parent).
     #[arg(long)]
     unconfined: bool,
+    /// Started as root, stay uid 0 (the store's file system refuses other users).
+    #[arg(long)]
+    keep_root: bool,
 }
 
 impl GrantArgs {
@@ -78,6 +81,7 @@ impl GrantArgs {
             read_fds: self.read_fd.clone(),
             stage_fd: self.stage_fd,
             unconfined: self.unconfined,
+            keep_root: self.keep_root,
         }
     }
 }

@@ -146,12 +146,15 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
     let converter = crate::isolate::own_executable();
     let confinement = crate::isolate::Confinement::for_user(&opts.worker_user)
         .map_err(|e| MountError::Worker(e.to_string()))?;
-    if let Some(exe) = &converter {
+    let confinement = match &converter {
         // Once, at start: which layers every worker gets here (a worker that cannot drop root
         // or install its filter would refuse every job: refuse to start instead).
-        crate::isolate::log_confinement(exe, &confinement)
-            .map_err(|e| MountError::Worker(e.to_string()))?;
-    }
+        Some(exe) => {
+            crate::isolate::check_confinement(exe, confinement, &store.root().join(".scdl-fs"))
+                .map_err(|e| MountError::Worker(e.to_string()))?
+        }
+        None => confinement,
+    };
     let ns = Namespace::new(
         store,
         NamespaceOptions {
