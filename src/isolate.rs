@@ -303,7 +303,7 @@ fn place_descriptors(sources: &[RawFd]) -> std::io::Result<()> {
 const MAX_WORKER_FDS: usize = 4096;
 
 /// The rlimits of `Limits` (with `file_size` decided for this worker), applied to the calling
-/// (forked) process: async-signal-safe.
+/// (forked) process, never above what it already has: async-signal-safe.
 fn apply_limits(l: &Limits, file_size: u64) -> std::io::Result<()> {
     for (res, v) in [
         (libc::RLIMIT_AS, l.address_space),
@@ -313,6 +313,16 @@ fn apply_limits(l: &Limits, file_size: u64) -> std::io::Result<()> {
         // A crashing libhdf5 is expected now and then: no core files in the store.
         (libc::RLIMIT_CORE, 0),
     ] {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        if unsafe { libc::getrlimit(res, &mut cur) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Only ever lowered: a limit the caller set (ulimit) stands.
+        let v = v.min(cur.rlim_max);
         let lim = libc::rlimit {
             rlim_cur: v,
             rlim_max: v,

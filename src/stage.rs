@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::archive::{rename_no_replace, sync_dir, temp_path_for};
+use crate::archive::{publication_fault, rename_no_replace, sync_dir, temp_path_for};
 use crate::confine::Identity;
 use crate::error::{Error, IoContext, Result};
 
@@ -74,9 +74,10 @@ impl Stage {
             ));
         }
         self.reclaim(&archive)?;
+        publication_fault(false, &self.output)?;
         rename_no_replace(&archive, &self.output)?;
         if let Some(parent) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Err(e) = sync_dir(parent) {
+            if let Err(e) = publication_fault(true, &self.output).and_then(|_| sync_dir(parent)) {
                 // Not durable: take it back (the stage is then removed), as ArchiveWriter's own
                 // publish does, so a later start never serves an archive that may vanish.
                 let _ = std::fs::rename(&self.output, &archive);
