@@ -690,8 +690,8 @@ fn escape_targets(labels: &[String]) -> (PathBuf, Vec<PathBuf>) {
     let first = Path::new(labels.first().map(String::as_str).unwrap_or("/"));
     let dir = first.parent().unwrap_or(Path::new("/")).to_path_buf();
     let visible = |p: &PathBuf| {
-        !p.file_name()
-            .is_some_and(|n| n.as_encoded_bytes()[0] == b'.')
+        p.file_name()
+            .is_none_or(|n| n.as_encoded_bytes()[0] != b'.')
     };
     let mut others: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| {
