@@ -15,6 +15,7 @@ use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::features::{FeatureBlock, FeatureFrame, FeatureIndex};
 use crate::h5ad::{Block, H5ad, Layout, MatrixChoice};
+use crate::obs::{ObsChoice, ObsIndex};
 use crate::with_element_type;
 
 /// The archive's data type.
@@ -53,6 +54,8 @@ pub struct ConvertOptions {
     pub matrix: MatrixChoice,
     pub data_dtype: DataDtypeChoice,
     pub allow_lossy: bool,
+    /// Which obs columns go into `obs_features/` (the index always, unless none).
+    pub obs: crate::obs::ObsChoice,
     /// Lower this process's file-size limit to the computed output size before writing (for
     /// worker processes, whose only job is this conversion).
     pub cap_file_size: bool,
@@ -172,7 +175,15 @@ pub fn convert_labelled(
             .reduce(promote)
             .unwrap_or(Dtype::F32),
     };
-    let needed = disk_bytes(&sources, target);
+    let mut needed = disk_bytes(&sources, target);
+    if opts.obs != ObsChoice::None {
+        // obs_features/ holds what the inputs' obs hold: their files' sizes bound it.
+        let inputs: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum();
+        needed = needed.saturating_add(inputs);
+    }
     crate::space::ensure_room(output, needed)?;
     for s in &sources {
         s.h5.matrix(&s.matrix)?.check_backed_by_storage()?;
@@ -181,6 +192,7 @@ pub fn convert_labelled(
         .iter()
         .map(|s| Ok(FeatureFrame::from_var(s.h5.dataframe(&s.var, s.cols)?)))
         .collect::<Result<Vec<_>>>()?;
+    let obs = read_obs(&sources, labels, &opts.obs)?;
     if opts.cap_file_size {
         crate::space::cap_file_size(needed.saturating_add(needed / 16 + (64 << 20)))?;
     }
@@ -199,7 +211,24 @@ pub fn convert_labelled(
             frame,
         });
     }
+    if let Some(obs) = obs {
+        writer.set_obs(obs);
+    }
     writer.finish(&features)
+}
+
+/// The obs of every source, one block per source (merged when their columns agree); None with
+/// `--obs none`.
+fn read_obs(sources: &[Source], labels: &[String], choice: &ObsChoice) -> Result<Option<ObsIndex>> {
+    if *choice == ObsChoice::None {
+        return Ok(None);
+    }
+    let mut obs = ObsIndex::new(ARCHIVE_VERSION);
+    for (s, label) in sources.iter().zip(labels) {
+        let frame = crate::obs::select(s.h5.obs(s.rows)?, choice, s.h5.path())?;
+        obs.push(frame, label.clone());
+    }
+    Ok(Some(obs))
 }
 
 /// An opened input file and what its matrix declares.

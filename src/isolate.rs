@@ -521,6 +521,8 @@ pub fn convert_in_child(
     if opts.allow_lossy {
         args.push("--allow-lossy".into());
     }
+    // One argument with '=': a column name may start with '-'.
+    args.push(format!("--obs={}", opts.obs).into());
     job.args = args;
     let outcome = run_worker(converter, &job, progress)?;
     if !outcome.status.success() {

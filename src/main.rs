@@ -41,6 +41,10 @@ struct ConvertArgs {
     /// Convert values that the data type cannot hold exactly instead of failing.
     #[arg(long)]
     allow_lossy: bool,
+    /// Per-cell metadata kept in obs_features/: all, none, or COL,COL,... (the obs index, the
+    /// cell ids, is always kept as a column).
+    #[arg(long, default_value = "all")]
+    obs: scdl_fs::obs::ObsChoice,
 }
 
 impl ConvertArgs {
@@ -49,6 +53,7 @@ impl ConvertArgs {
             matrix: self.matrix.clone(),
             data_dtype: self.data_dtype,
             allow_lossy: self.allow_lossy,
+            obs: self.obs.clone(),
             cap_file_size: false,
         }
     }
@@ -180,6 +185,8 @@ enum Command {
         data_dtype: DataDtypeChoice,
         #[arg(long)]
         allow_lossy: bool,
+        #[arg(long, default_value = "all")]
+        obs: scdl_fs::obs::ObsChoice,
         #[command(flatten)]
         grants: GrantArgs,
     },
@@ -328,6 +335,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                     matrix,
                     data_dtype,
                     allow_lossy: false,
+                    obs: scdl_fs::obs::ObsChoice::All,
                     cap_file_size: false,
                 },
                 worker_user: worker.worker_user,
@@ -396,12 +404,14 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             matrix,
             data_dtype,
             allow_lossy,
+            obs,
             grants,
         } => {
             let opts = ConvertOptions {
                 matrix,
                 data_dtype,
                 allow_lossy,
+                obs,
                 // The worker's only job is this conversion: it may cap its own file sizes.
                 cap_file_size: true,
             };
@@ -456,6 +466,17 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                         b.columns.join(", "),
                         b.label
                     );
+                }
+                match &info.obs {
+                    None => println!("obs       none"),
+                    Some(obs) => {
+                        println!("obs       {} block(s)", obs.blocks.len());
+                        for (i, b) in obs.blocks.iter().enumerate() {
+                            let cols: Vec<String> =
+                                b.columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+                            println!("  {i}: {} rows, columns [{}]", b.rows, cols.join(", "));
+                        }
+                    }
                 }
             }
             Ok(())
