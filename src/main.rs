@@ -59,10 +59,60 @@ impl ConvertArgs {
     }
 }
 
+/// How a worker is confined (hidden options its parent passes; see isolate.rs).
+#[derive(clap::Args)]
+struct GrantArgs {
+    /// Drop root to this UID:GID.
+    #[arg(long, value_parser = parse_identity)]
+    as_user: Option<scdl_fs::confine::Identity>,
+    /// A descriptor the worker may read beneath (repeated).
+    #[arg(long)]
+    read_fd: Vec<i32>,
+    /// The staging directory's descriptor, the only place the worker may write.
+    #[arg(long)]
+    stage_fd: Option<i32>,
+    /// Apply no confinement layer (SCDL_FS_UNCONFINED=1 in the parent).
+    #[arg(long)]
+    unconfined: bool,
+    /// Started as root, stay uid 0 (the store's file system refuses other users).
+    #[arg(long)]
+    keep_root: bool,
+}
+
+impl GrantArgs {
+    fn grants(&self) -> scdl_fs::isolate::WorkerGrants {
+        scdl_fs::isolate::WorkerGrants {
+            identity: self.as_user,
+            read_fds: self.read_fd.clone(),
+            stage_fd: self.stage_fd,
+            unconfined: self.unconfined,
+            keep_root: self.keep_root,
+        }
+    }
+}
+
+fn parse_identity(s: &str) -> Result<scdl_fs::confine::Identity, String> {
+    scdl_fs::confine::Identity::of_user(s).map_err(|e| e.to_string())
+}
+
+/// The user conversions and concats run as when started by root (`nobody` unless given).
+#[derive(clap::Args)]
+struct WorkerUserArg {
+    /// The unprivileged user (name, or UID:GID) that converters and concats run as when scdl-fs
+    /// runs as root; inputs must be readable by it.
+    #[arg(long, value_name = "USER", default_value = scdl_fs::isolate::DEFAULT_WORKER_USER)]
+    worker_user: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert an .h5ad file, or a directory of them, into an SCDL archive.
-    Convert(ConvertArgs),
+    Convert {
+        #[command(flatten)]
+        args: ConvertArgs,
+        #[command(flatten)]
+        worker: WorkerUserArg,
+    },
     /// Mount the filesystem: drop .h5ad files in, read cells out (see docs/SEMANTICS.md).
     Mount {
         mountpoint: PathBuf,
@@ -99,6 +149,8 @@ enum Command {
         /// Which matrix dropped files are converted from (as for convert).
         #[arg(long, default_value = "auto")]
         matrix: MatrixChoice,
+        #[command(flatten)]
+        worker: WorkerUserArg,
     },
     /// Concatenate archives (in order) into a new archive.
     Concat {
@@ -113,10 +165,50 @@ enum Command {
         /// Convert values the data type cannot hold exactly instead of failing.
         #[arg(long)]
         allow_lossy: bool,
+        #[command(flatten)]
+        worker: WorkerUserArg,
     },
-    /// (internal) One conversion in a child process of the mount; progress on stdout.
+    /// (internal) One conversion in a confined child process; progress on stdout.
     #[command(hide = true)]
-    ConvertWorker(ConvertArgs),
+    ConvertWorker {
+        /// The archive directory to create (inside the stage).
+        output: PathBuf,
+        /// An input file (a descriptor path), repeated in order.
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        /// The real path of each input (feature block labels, messages).
+        #[arg(long = "label", required = true)]
+        labels: Vec<String>,
+        #[arg(long, default_value = "auto")]
+        matrix: MatrixChoice,
+        #[arg(long, default_value = "float32")]
+        data_dtype: DataDtypeChoice,
+        #[arg(long)]
+        allow_lossy: bool,
+        #[arg(long, default_value = "all")]
+        obs: scdl_fs::obs::ObsChoice,
+        #[command(flatten)]
+        grants: GrantArgs,
+    },
+    /// (internal) One concat in a confined child process; progress on stdout.
+    #[command(hide = true)]
+    ConcatWorker {
+        output: PathBuf,
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        data_dtype: Option<scdl_fs::dtype::Dtype>,
+        #[arg(long)]
+        allow_lossy: bool,
+        #[command(flatten)]
+        grants: GrantArgs,
+    },
+    /// (internal) Confine a child process as workers are and print the layers it got.
+    #[command(hide = true)]
+    ConfineProbe {
+        #[command(flatten)]
+        grants: GrantArgs,
+    },
     /// Describe an SCDL archive (ours or bionemo-scdl's).
     Info {
         archive: PathBuf,
@@ -196,6 +288,16 @@ fn parse_group(s: &str) -> Result<u32, String> {
     Ok(unsafe { (*entry).gr_gid })
 }
 
+/// The worker executable (this one) and how its workers are confined.
+fn worker_setup(
+    worker: &WorkerUserArg,
+) -> scdl_fs::Result<(PathBuf, scdl_fs::isolate::Confinement)> {
+    let exe = scdl_fs::isolate::own_executable()
+        .ok_or_else(|| scdl_fs::Error::Usage("cannot find own executable".into()))?;
+    let confinement = scdl_fs::isolate::Confinement::for_user(&worker.worker_user)?;
+    Ok((exe, confinement))
+}
+
 /// One line on stderr describing a new archive.
 fn report(path: &std::path::Path, rows: u64, nnz: u64, dtype: scdl_fs::dtype::Dtype) {
     eprintln!("{}: {rows} rows, {nnz} values ({dtype})", path.display());
@@ -218,6 +320,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             conversions,
             data_dtype,
             matrix,
+            worker,
         } => {
             let options = MountOptions {
                 mountpoint: mountpoint.clone(),
@@ -235,19 +338,28 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                     obs: scdl_fs::obs::ObsChoice::All,
                     cap_file_size: false,
                 },
+                worker_user: worker.worker_user,
             };
             mount(cli_args, mountpoint, store, foreground, options)
         }
-        Command::Convert(args) => {
+        Command::Convert { args, worker } => {
             let (input, output, opts) = (&args.input, &args.output, args.options());
-            // The conversion runs in a child process (this binary's convert-worker): a libhdf5
-            // crash on a malformed file becomes a one-line error, not a segfault of this command.
+            // The conversion runs in a confined child process (this binary's convert-worker): a
+            // libhdf5 crash on a malformed file becomes a one-line error, and an exploited one
+            // reaches nothing but its input and its own output.
             let bar = progress_bar();
-            let exe = scdl_fs::isolate::own_executable()
-                .ok_or((EXIT_FAILED, "cannot find own executable".to_string()))?;
+            let (exe, confinement) = worker_setup(&worker).map_err(failed)?;
             let limits = scdl_fs::isolate::Limits::default();
-            scdl_fs::isolate::convert_in_child(&exe, input, output, &opts, &limits, &bar)
-                .map_err(failed)?;
+            scdl_fs::isolate::convert_in_child(
+                &exe,
+                input,
+                output,
+                &opts,
+                &limits,
+                &confinement,
+                &bar,
+            )
+            .map_err(failed)?;
             bar.0.finish_and_clear();
             // The archive was read back before it was published; this read is for the summary
             // line only, and the archive stands whatever it says.
@@ -262,21 +374,69 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             inputs,
             data_dtype,
             allow_lossy,
+            worker,
         } => {
             let bar = progress_bar();
-            let written = scdl_fs::concat::concat(&inputs, &output, data_dtype, allow_lossy, &bar)
-                .map_err(failed)?;
+            let (exe, confinement) = worker_setup(&worker).map_err(failed)?;
+            let limits = scdl_fs::isolate::Limits::default();
+            scdl_fs::isolate::concat_in_child(
+                &exe,
+                &inputs,
+                &output,
+                data_dtype,
+                allow_lossy,
+                &limits,
+                &confinement,
+                &bar,
+            )
+            .map_err(failed)?;
             bar.0.finish_and_clear();
-            report(&written.path, written.rows, written.nnz, written.dtype);
+            match Archive::open(&output) {
+                Ok(a) => report(&output, a.num_rows, a.nnz, a.data_dtype),
+                Err(e) => eprintln!("{}: written ({e})", output.display()),
+            }
             Ok(())
         }
-        Command::ConvertWorker(args) => {
-            // The worker's only job is this conversion: it may cap its own file sizes.
+        Command::ConvertWorker {
+            output,
+            inputs,
+            labels,
+            matrix,
+            data_dtype,
+            allow_lossy,
+            obs,
+            grants,
+        } => {
             let opts = ConvertOptions {
+                matrix,
+                data_dtype,
+                allow_lossy,
+                obs,
+                // The worker's only job is this conversion: it may cap its own file sizes.
                 cap_file_size: true,
-                ..args.options()
             };
-            scdl_fs::isolate::worker_main(&args.input, &args.output, &opts).map_err(failed)
+            if labels.len() != inputs.len() {
+                return Err((EXIT_FAILED, "one --label per --input".to_string()));
+            }
+            scdl_fs::isolate::worker_main(&inputs, &labels, &output, &opts, &grants.grants())
+                .map_err(failed)
+        }
+        Command::ConcatWorker {
+            output,
+            inputs,
+            data_dtype,
+            allow_lossy,
+            grants,
+        } => scdl_fs::isolate::concat_worker_main(
+            &inputs,
+            &output,
+            data_dtype,
+            allow_lossy,
+            &grants.grants(),
+        )
+        .map_err(failed),
+        Command::ConfineProbe { grants } => {
+            scdl_fs::isolate::probe_main(&grants.grants()).map_err(failed)
         }
         Command::Info { archive, json } => {
             let a = Archive::open(&archive).map_err(failed)?;
@@ -325,8 +485,10 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error"))
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,fuser=error,confinement=info"),
+    )
+    .init();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if scdl_fs::helper::is_helper_invocation(&argv) {
         // mount(8) / fstab: translate and mount in the background like `scdl-fs mount`.

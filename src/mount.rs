@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub io_uring: bool,
     pub workers: usize,
     pub convert: ConvertOptions,
+    /// The unprivileged user conversions and concats run as (when the daemon is root).
+    pub worker_user: String,
 }
 
 /// Why the daemon could not start; each has its own exit code (README.md lists them).
@@ -42,6 +44,9 @@ pub enum MountError {
     Mountpoint { path: PathBuf, message: String },
     #[error("mount failed: {0}")]
     Mount(String),
+    /// The workers cannot be started as asked (no such worker user, confinement refused).
+    #[error("{0}")]
+    Worker(String),
 }
 
 impl MountError {
@@ -50,6 +55,7 @@ impl MountError {
             MountError::Store { .. } => 3,
             MountError::Mountpoint { .. } => 4,
             MountError::Mount(_) => 5,
+            MountError::Worker(_) => 2,
         }
     }
 }
@@ -137,13 +143,26 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
             "already a mount point (busy)",
         ));
     }
+    let converter = crate::isolate::own_executable();
+    let confinement = crate::isolate::Confinement::for_user(&opts.worker_user)
+        .map_err(|e| MountError::Worker(e.to_string()))?;
+    let confinement = match &converter {
+        // Once, at start: which layers every worker gets here (a worker that cannot drop root
+        // or install its filter would refuse every job: refuse to start instead).
+        Some(exe) => {
+            crate::isolate::check_confinement(exe, confinement, &store.root().join(".scdl-fs"))
+                .map_err(|e| MountError::Worker(e.to_string()))?
+        }
+        None => confinement,
+    };
     let ns = Namespace::new(
         store,
         NamespaceOptions {
             convert: opts.convert.clone(),
             workers: opts.workers,
-            converter: crate::isolate::own_executable(),
+            converter,
             limits: crate::isolate::Limits::default(),
+            confinement,
             writers: opts.writers,
         },
     );

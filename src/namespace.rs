@@ -438,6 +438,8 @@ pub struct NamespaceOptions {
     /// converts in-process (tests of the namespace alone).
     pub converter: Option<PathBuf>,
     pub limits: crate::isolate::Limits,
+    /// How the child processes are confined.
+    pub confinement: crate::isolate::Confinement,
     /// A group whose members may drop files, remove inputs and write `.control` (with
     /// `--allow-other`); otherwise only the mounting user may.
     pub writers: Option<u32>,
@@ -763,8 +765,21 @@ impl Namespace {
         let result = if inputs.len() != sources.len() {
             Err(crate::Error::Usage("a source name is not valid".into()))
         } else {
-            crate::concat::concat(&inputs, &output, None, false, target.as_ref())
-                .and_then(|_| self.store.open_archive(&target.name))
+            match &self.options.converter {
+                Some(exe) => crate::isolate::concat_in_child(
+                    exe,
+                    &inputs,
+                    &output,
+                    None,
+                    false,
+                    &self.options.limits,
+                    &self.options.confinement,
+                    target.as_ref(),
+                ),
+                None => crate::concat::concat(&inputs, &output, None, false, target.as_ref())
+                    .map(|_| ()),
+            }
+            .and_then(|_| self.store.open_archive(&target.name))
         };
         match result {
             Ok(archive) => {
@@ -818,6 +833,7 @@ impl Namespace {
                 &output,
                 &self.options.convert,
                 &self.options.limits,
+                &self.options.confinement,
                 ds.as_ref(),
             ),
             None => convert::convert_files(&[input], &output, &self.options.convert, ds.as_ref())
@@ -1532,7 +1548,15 @@ impl Namespace {
             .create_new(true)
             .open(&path)
         {
-            Ok(f) => f,
+            // Readable by the converter's unprivileged user whatever the daemon's umask.
+            Ok(f) => match f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)) {
+                Ok(()) => f,
+                Err(e) => {
+                    forget();
+                    let _ = std::fs::remove_file(&path);
+                    return Err(io_err(e));
+                }
+            },
             Err(e) => {
                 forget();
                 return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
