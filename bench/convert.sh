@@ -5,7 +5,10 @@
 #   bench/convert.sh [INPUT.h5ad] [RUNS]
 # With BASELINE=/path/to/another/scdl-fs (say, a build of main), that binary's conversion runs
 # in the same rounds too, labelled baseline.
+#   COMPARE=confinement bench/convert.sh [INPUT.h5ad] [RUNS]
 # Default input: bench-data/bench.h5ad, made (once) by bench/make_h5ad.py (200,000 x 20,000, 2.4 %).
+# COMPARE=confinement runs scdl-fs with its confined converter (the default) and with
+# SCDL_FS_UNCONFINED=1 (no confinement layers: for this comparison only) alternately instead.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)"
@@ -31,6 +34,18 @@ measure() {  # label, command...
 }
 
 results="$WORK/results"
+if [[ "${COMPARE:-}" == confinement ]]; then
+  for i in $(seq "$RUNS"); do
+    rm -rf "$WORK/ours"
+    measure confined "$BIN" convert "$INPUT" "$WORK/ours" >>"$results"
+    rm -rf "$WORK/ours"
+    measure unconfined env SCDL_FS_UNCONFINED=1 "$BIN" convert "$INPUT" "$WORK/ours" >>"$results"
+  done
+  echo "input: $INPUT ($MB MB), $RUNS runs each"
+  . "$ROOT/bench/lib.sh"
+  table "$results" "$MB" confined unconfined
+  exit 0
+fi
 for i in $(seq "$RUNS"); do
   ours() { rm -rf "$WORK/ours"; measure scdl-fs "$BIN" convert "$INPUT" "$WORK/ours" >>"$results"; }
   baseline() {

@@ -63,20 +63,7 @@ pub fn concat(
     allow_lossy: bool,
     progress: &dyn Progress,
 ) -> Result<WrittenArchive> {
-    if inputs.is_empty() {
-        return Err(Error::Usage("concat needs at least one input".into()));
-    }
-    for (i, a) in inputs.iter().enumerate() {
-        if inputs[..i].iter().any(|b| same_file(a, b)) {
-            return Err(Error::Usage(format!("{}: given twice", a.display())));
-        }
-        if same_file(a, output) {
-            return Err(Error::Usage(format!(
-                "{}: is both input and output",
-                a.display()
-            )));
-        }
-    }
+    check_inputs(inputs, output)?;
     let archives = inputs
         .iter()
         .map(|p| Archive::open(p))
@@ -119,6 +106,25 @@ pub fn concat(
         writer.set_obs(obs);
     }
     writer.finish(&features)
+}
+
+/// At least one input, none given twice, none the output.
+pub fn check_inputs(inputs: &[PathBuf], output: &Path) -> Result<()> {
+    if inputs.is_empty() {
+        return Err(Error::Usage("concat needs at least one input".into()));
+    }
+    for (i, a) in inputs.iter().enumerate() {
+        if inputs[..i].iter().any(|b| same_file(a, b)) {
+            return Err(Error::Usage(format!("{}: given twice", a.display())));
+        }
+        if same_file(a, output) {
+            return Err(Error::Usage(format!(
+                "{}: is both input and output",
+                a.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The inputs' obs blocks in order (merged where their columns agree), when every input has

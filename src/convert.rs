@@ -139,6 +139,20 @@ pub fn convert_files(
     opts: &ConvertOptions,
     progress: &dyn Progress,
 ) -> Result<WrittenArchive> {
+    let labels: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    convert_labelled(files, &labels, output, opts, progress)
+}
+
+/// As `convert_files`, with each file's feature block labelled `labels[i]` (a confined worker
+/// reads its inputs through descriptors, `/proc/self/fd/N`, but labels them by their real paths).
+pub fn convert_labelled(
+    files: &[PathBuf],
+    labels: &[String],
+    output: &Path,
+    opts: &ConvertOptions,
+    progress: &dyn Progress,
+) -> Result<WrittenArchive> {
+    assert_eq!(files.len(), labels.len());
     if output.symlink_metadata().is_ok() {
         return Err(Error::Usage(format!(
             "{}: already exists",
@@ -178,7 +192,7 @@ pub fn convert_files(
         .iter()
         .map(|s| Ok(FeatureFrame::from_var(s.h5.dataframe(&s.var, s.cols)?)))
         .collect::<Result<Vec<_>>>()?;
-    let obs = read_obs(&sources, &opts.obs)?;
+    let obs = read_obs(&sources, labels, &opts.obs)?;
     if opts.cap_file_size {
         crate::space::cap_file_size(needed.saturating_add(needed / 16 + (64 << 20)))?;
     }
@@ -186,14 +200,14 @@ pub fn convert_files(
     let mut writer = ArchiveWriter::create(output, target)?;
     let scratch = writer.scratch_dir()?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
-    for (s, frame) in sources.into_iter().zip(frames) {
+    for ((s, frame), label) in sources.into_iter().zip(frames).zip(labels) {
         let m = s.h5.matrix(&s.matrix)?;
         with_element_type!(s.dtype, S => with_element_type!(target, T => {
             stream_into::<S, T>(&s.h5, &m, &scratch, &mut writer, opts.allow_lossy, progress)?
         }));
         features.push(FeatureBlock {
             rows: s.rows,
-            label: s.h5.path().display().to_string(),
+            label: label.clone(),
             frame,
         });
     }
@@ -205,14 +219,14 @@ pub fn convert_files(
 
 /// The obs of every source, one block per source (merged when their columns agree); None with
 /// `--obs none`.
-fn read_obs(sources: &[Source], choice: &ObsChoice) -> Result<Option<ObsIndex>> {
+fn read_obs(sources: &[Source], labels: &[String], choice: &ObsChoice) -> Result<Option<ObsIndex>> {
     if *choice == ObsChoice::None {
         return Ok(None);
     }
     let mut obs = ObsIndex::new(ARCHIVE_VERSION);
-    for s in sources {
+    for (s, label) in sources.iter().zip(labels) {
         let frame = crate::obs::select(s.h5.obs(s.rows)?, choice, s.h5.path())?;
-        obs.push(frame, s.h5.path().display().to_string());
+        obs.push(frame, label.clone());
     }
     Ok(Some(obs))
 }

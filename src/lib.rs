@@ -11,7 +11,9 @@
 //!     -> fuse (kernel adapter) <- mount (daemon lifecycle)
 //! ```
 //!
-//! `isolate` runs conversions for the mount in a child process under resource limits;
+//! `isolate` runs conversions and concats in child processes under resource limits, confined by
+//! `confine` (identity, Landlock, seccomp, namespaces) and writing into a `stage` the parent
+//! publishes;
 //! `render` computes the synthetic files (rows, ranges, npz, feature JSON) from an archive;
 //! `obs` keeps per-cell metadata as bionemo-scdl 0.1.3 does; `names` validates every user-given name; `space` decides whether an output fits on its disk; `dtype` (element types and exact conversion), `npy`
 //! (the .npy format) and `error` serve all of them. The binary (`main.rs`) is a thin
@@ -21,6 +23,7 @@ pub mod archive;
 pub mod batches;
 pub mod catalog;
 pub mod concat;
+pub mod confine;
 pub mod convert;
 pub mod dtype;
 pub mod error;
@@ -37,6 +40,7 @@ pub mod npy;
 pub mod obs;
 pub mod render;
 pub mod space;
+pub mod stage;
 pub mod stats;
 pub mod store;
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use scdl_fs::archive::{Archive, ArchiveInfo};
+use scdl_fs::archive::Archive;
 use scdl_fs::convert::{ConvertOptions, DataDtypeChoice, Progress};
 use scdl_fs::h5ad::MatrixChoice;
 use scdl_fs::mount::{self, MountOptions};
@@ -59,73 +59,99 @@ impl ConvertArgs {
     }
 }
 
-/// `scdl-fs mount`.
+/// How a worker is confined (hidden options its parent passes; see isolate.rs).
 #[derive(clap::Args)]
-struct MountArgs {
-    mountpoint: PathBuf,
-    /// The store directory (default: /var/lib/scdl-fs as root, else the XDG data dir).
+struct GrantArgs {
+    /// Drop root to this UID:GID.
+    #[arg(long, value_parser = parse_identity)]
+    as_user: Option<scdl_fs::confine::Identity>,
+    /// A descriptor the worker may read beneath (repeated).
     #[arg(long)]
-    store: Option<PathBuf>,
-    /// Stay in the foreground (otherwise return once the mount is live).
+    read_fd: Vec<i32>,
+    /// The staging directory's descriptor, the only place the worker may write.
     #[arg(long)]
-    foreground: bool,
-    /// Let other users read through the mount.
+    stage_fd: Option<i32>,
+    /// Apply no confinement layer (SCDL_FS_UNCONFINED=1 in the parent).
     #[arg(long)]
-    allow_other: bool,
-    /// With --allow-other: a group (name or gid) whose members may also drop files, remove
-    /// inputs and write .control (otherwise only the mounting user may).
-    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
-    writers: Option<u32>,
-    /// Serve only: a read-only mount (no drops, no .control writes; inputs that appear in the
-    /// store are still converted). Reads then cost one round trip less (no atime refresh).
+    unconfined: bool,
+    /// Started as root, stay uid 0 (the store's file system refuses other users).
     #[arg(long)]
-    read_only: bool,
-    /// FUSE worker threads (with FUSE over io_uring: per CPU, at least 2).
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
-    /// Serve every request through /dev/fuse even when the kernel offers FUSE over io_uring
-    /// (`fuse.enable_uring=1`, Linux >= 6.14), whose per-CPU queues are otherwise used.
-    #[arg(long, env = "SCDL_FS_NO_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
-    no_io_uring: bool,
-    /// Concurrent conversions.
-    #[arg(long, default_value_t = 1)]
-    conversions: usize,
-    /// Data type of converted archives (as for convert).
-    #[arg(long, default_value = "float32")]
-    data_dtype: DataDtypeChoice,
-    /// Which matrix dropped files are converted from (as for convert).
-    #[arg(long, default_value = "auto")]
-    matrix: MatrixChoice,
+    keep_root: bool,
 }
 
-impl MountArgs {
-    fn options(&self) -> MountOptions {
-        MountOptions {
-            mountpoint: self.mountpoint.clone(),
-            store: PathBuf::new(),
-            allow_other: self.allow_other,
-            writers: self.writers,
-            read_only: self.read_only,
-            threads: self.threads,
-            io_uring: !self.no_io_uring,
-            workers: self.conversions,
-            convert: ConvertOptions {
-                matrix: self.matrix.clone(),
-                data_dtype: self.data_dtype,
-                allow_lossy: false,
-                obs: scdl_fs::obs::ObsChoice::All,
-                cap_file_size: false,
-            },
+impl GrantArgs {
+    fn grants(&self) -> scdl_fs::isolate::WorkerGrants {
+        scdl_fs::isolate::WorkerGrants {
+            identity: self.as_user,
+            read_fds: self.read_fd.clone(),
+            stage_fd: self.stage_fd,
+            unconfined: self.unconfined,
+            keep_root: self.keep_root,
         }
     }
+}
+
+fn parse_identity(s: &str) -> Result<scdl_fs::confine::Identity, String> {
+    scdl_fs::confine::Identity::of_user(s).map_err(|e| e.to_string())
+}
+
+/// The user conversions and concats run as when started by root (`nobody` unless given).
+#[derive(clap::Args)]
+struct WorkerUserArg {
+    /// The unprivileged user (name, or UID:GID) that converters and concats run as when scdl-fs
+    /// runs as root; inputs must be readable by it.
+    #[arg(long, value_name = "USER", default_value = scdl_fs::isolate::DEFAULT_WORKER_USER)]
+    worker_user: String,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Convert an .h5ad file, or a directory of them, into an SCDL archive.
-    Convert(ConvertArgs),
+    Convert {
+        #[command(flatten)]
+        args: ConvertArgs,
+        #[command(flatten)]
+        worker: WorkerUserArg,
+    },
     /// Mount the filesystem: drop .h5ad files in, read cells out (see docs/SEMANTICS.md).
-    Mount(MountArgs),
+    Mount {
+        mountpoint: PathBuf,
+        /// The store directory (default: /var/lib/scdl-fs as root, else the XDG data dir).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Stay in the foreground (otherwise return once the mount is live).
+        #[arg(long)]
+        foreground: bool,
+        /// Let other users read through the mount.
+        #[arg(long)]
+        allow_other: bool,
+        /// With --allow-other: a group (name or gid) whose members may also drop files, remove
+        /// inputs and write .control (otherwise only the mounting user may).
+        #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+        writers: Option<u32>,
+        /// Serve only: a read-only mount (no drops, no .control writes; inputs that appear in the
+        /// store are still converted). Reads then cost one round trip less (no atime refresh).
+        #[arg(long)]
+        read_only: bool,
+        /// FUSE worker threads (with FUSE over io_uring: per CPU, at least 2).
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Serve every request through /dev/fuse even when the kernel offers FUSE over io_uring
+        /// (`fuse.enable_uring=1`, Linux >= 6.14), whose per-CPU queues are otherwise used.
+        #[arg(long, env = "SCDL_FS_NO_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
+        no_io_uring: bool,
+        /// Concurrent conversions.
+        #[arg(long, default_value_t = 1)]
+        conversions: usize,
+        /// Data type of converted archives (as for convert).
+        #[arg(long, default_value = "float32")]
+        data_dtype: DataDtypeChoice,
+        /// Which matrix dropped files are converted from (as for convert).
+        #[arg(long, default_value = "auto")]
+        matrix: MatrixChoice,
+        #[command(flatten)]
+        worker: WorkerUserArg,
+    },
     /// Concatenate archives (in order) into a new archive.
     Concat {
         /// The archive directory to create (must not exist).
@@ -139,10 +165,50 @@ enum Command {
         /// Convert values the data type cannot hold exactly instead of failing.
         #[arg(long)]
         allow_lossy: bool,
+        #[command(flatten)]
+        worker: WorkerUserArg,
     },
-    /// (internal) One conversion in a child process of the mount; progress on stdout.
+    /// (internal) One conversion in a confined child process; progress on stdout.
     #[command(hide = true)]
-    ConvertWorker(ConvertArgs),
+    ConvertWorker {
+        /// The archive directory to create (inside the stage).
+        output: PathBuf,
+        /// An input file (a descriptor path), repeated in order.
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        /// The real path of each input (feature block labels, messages).
+        #[arg(long = "label", required = true)]
+        labels: Vec<String>,
+        #[arg(long, default_value = "auto")]
+        matrix: MatrixChoice,
+        #[arg(long, default_value = "float32")]
+        data_dtype: DataDtypeChoice,
+        #[arg(long)]
+        allow_lossy: bool,
+        #[arg(long, default_value = "all")]
+        obs: scdl_fs::obs::ObsChoice,
+        #[command(flatten)]
+        grants: GrantArgs,
+    },
+    /// (internal) One concat in a confined child process; progress on stdout.
+    #[command(hide = true)]
+    ConcatWorker {
+        output: PathBuf,
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        data_dtype: Option<scdl_fs::dtype::Dtype>,
+        #[arg(long)]
+        allow_lossy: bool,
+        #[command(flatten)]
+        grants: GrantArgs,
+    },
+    /// (internal) Confine a child process as workers are and print the layers it got.
+    #[command(hide = true)]
+    ConfineProbe {
+        #[command(flatten)]
+        grants: GrantArgs,
+    },
     /// Describe an SCDL archive (ours or bionemo-scdl's).
     Info {
         archive: PathBuf,
@@ -176,24 +242,29 @@ fn progress_bar() -> Bar {
     Bar(bar)
 }
 
-fn mount(cli_args: &[std::ffi::OsString], args: &MountArgs) -> Result<(), (u8, String)> {
-    if !args.foreground {
+fn mount(
+    cli_args: &[std::ffi::OsString],
+    mountpoint: PathBuf,
+    store: Option<PathBuf>,
+    foreground: bool,
+    options: MountOptions,
+) -> Result<(), (u8, String)> {
+    if !foreground {
         // Same arguments, with the store made explicit, in a background daemon.
-        let mut daemon_args: Vec<std::ffi::OsString> = cli_args.to_vec();
-        let store = args.store.clone().unwrap_or_else(|| {
+        let mut args: Vec<std::ffi::OsString> = cli_args.to_vec();
+        let store = store.unwrap_or_else(|| {
             let default = scdl_fs::store::default_store();
-            daemon_args.push("--store".into());
-            daemon_args.push(default.clone().into());
+            args.push("--store".into());
+            args.push(default.clone().into());
             default
         });
-        return mount::run_background(&daemon_args, &store);
+        return mount::run_background(&args, &store);
     }
+    let store = store.unwrap_or_else(scdl_fs::store::default_store);
     let opts = MountOptions {
-        store: args
-            .store
-            .clone()
-            .unwrap_or_else(scdl_fs::store::default_store),
-        ..args.options()
+        mountpoint,
+        store,
+        ..options
     };
     mount::run_foreground(&opts).map_err(|e| {
         mount::report_startup_error(&e.to_string());
@@ -217,122 +288,207 @@ fn parse_group(s: &str) -> Result<u32, String> {
     Ok(unsafe { (*entry).gr_gid })
 }
 
+/// The worker executable (this one) and how its workers are confined.
+fn worker_setup(
+    worker: &WorkerUserArg,
+) -> scdl_fs::Result<(PathBuf, scdl_fs::isolate::Confinement)> {
+    let exe = scdl_fs::isolate::own_executable()
+        .ok_or_else(|| scdl_fs::Error::Usage("cannot find own executable".into()))?;
+    let confinement = scdl_fs::isolate::Confinement::for_user(&worker.worker_user)?;
+    Ok((exe, confinement))
+}
+
 /// One line on stderr describing a new archive.
 fn report(path: &std::path::Path, rows: u64, nnz: u64, dtype: scdl_fs::dtype::Dtype) {
     eprintln!("{}: {rows} rows, {nnz} values ({dtype})", path.display());
 }
 
-fn failed(e: scdl_fs::Error) -> (u8, String) {
-    (EXIT_FAILED, e.to_string())
-}
-
 /// Runs the parsed command; `cli_args` are the arguments it was parsed from (without argv[0]),
 /// which a background mount passes on to its daemon.
 fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
+    let failed = |e: scdl_fs::Error| (EXIT_FAILED, e.to_string());
     match cli.command {
-        Command::Mount(args) => mount(cli_args, &args),
-        Command::Convert(args) => convert(&args),
+        Command::Mount {
+            mountpoint,
+            store,
+            foreground,
+            allow_other,
+            writers,
+            read_only,
+            threads,
+            no_io_uring,
+            conversions,
+            data_dtype,
+            matrix,
+            worker,
+        } => {
+            let options = MountOptions {
+                mountpoint: mountpoint.clone(),
+                store: PathBuf::new(),
+                allow_other,
+                writers,
+                read_only,
+                threads,
+                io_uring: !no_io_uring,
+                workers: conversions,
+                convert: ConvertOptions {
+                    matrix,
+                    data_dtype,
+                    allow_lossy: false,
+                    obs: scdl_fs::obs::ObsChoice::All,
+                    cap_file_size: false,
+                },
+                worker_user: worker.worker_user,
+            };
+            mount(cli_args, mountpoint, store, foreground, options)
+        }
+        Command::Convert { args, worker } => {
+            let (input, output, opts) = (&args.input, &args.output, args.options());
+            // The conversion runs in a confined child process (this binary's convert-worker): a
+            // libhdf5 crash on a malformed file becomes a one-line error, and an exploited one
+            // reaches nothing but its input and its own output.
+            let bar = progress_bar();
+            let (exe, confinement) = worker_setup(&worker).map_err(failed)?;
+            let limits = scdl_fs::isolate::Limits::default();
+            scdl_fs::isolate::convert_in_child(
+                &exe,
+                input,
+                output,
+                &opts,
+                &limits,
+                &confinement,
+                &bar,
+            )
+            .map_err(failed)?;
+            bar.0.finish_and_clear();
+            // The archive was read back before it was published; this read is for the summary
+            // line only, and the archive stands whatever it says.
+            match Archive::open(output) {
+                Ok(a) => report(output, a.num_rows, a.nnz, a.data_dtype),
+                Err(e) => eprintln!("{}: written ({e})", output.display()),
+            }
+            Ok(())
+        }
         Command::Concat {
             output,
             inputs,
             data_dtype,
             allow_lossy,
+            worker,
         } => {
             let bar = progress_bar();
-            let written = scdl_fs::concat::concat(&inputs, &output, data_dtype, allow_lossy, &bar)
-                .map_err(failed)?;
+            let (exe, confinement) = worker_setup(&worker).map_err(failed)?;
+            let limits = scdl_fs::isolate::Limits::default();
+            scdl_fs::isolate::concat_in_child(
+                &exe,
+                &inputs,
+                &output,
+                data_dtype,
+                allow_lossy,
+                &limits,
+                &confinement,
+                &bar,
+            )
+            .map_err(failed)?;
             bar.0.finish_and_clear();
-            report(&written.path, written.rows, written.nnz, written.dtype);
+            match Archive::open(&output) {
+                Ok(a) => report(&output, a.num_rows, a.nnz, a.data_dtype),
+                Err(e) => eprintln!("{}: written ({e})", output.display()),
+            }
             Ok(())
         }
-        Command::ConvertWorker(args) => {
-            // The worker's only job is this conversion: it may cap its own file sizes.
+        Command::ConvertWorker {
+            output,
+            inputs,
+            labels,
+            matrix,
+            data_dtype,
+            allow_lossy,
+            obs,
+            grants,
+        } => {
             let opts = ConvertOptions {
+                matrix,
+                data_dtype,
+                allow_lossy,
+                obs,
+                // The worker's only job is this conversion: it may cap its own file sizes.
                 cap_file_size: true,
-                ..args.options()
             };
-            scdl_fs::isolate::worker_main(&args.input, &args.output, &opts).map_err(failed)
+            if labels.len() != inputs.len() {
+                return Err((EXIT_FAILED, "one --label per --input".to_string()));
+            }
+            scdl_fs::isolate::worker_main(&inputs, &labels, &output, &opts, &grants.grants())
+                .map_err(failed)
+        }
+        Command::ConcatWorker {
+            output,
+            inputs,
+            data_dtype,
+            allow_lossy,
+            grants,
+        } => scdl_fs::isolate::concat_worker_main(
+            &inputs,
+            &output,
+            data_dtype,
+            allow_lossy,
+            &grants.grants(),
+        )
+        .map_err(failed),
+        Command::ConfineProbe { grants } => {
+            scdl_fs::isolate::probe_main(&grants.grants()).map_err(failed)
         }
         Command::Info { archive, json } => {
-            let info = Archive::open(&archive).map_err(failed)?.info();
+            let a = Archive::open(&archive).map_err(failed)?;
+            let info = a.info();
             if json {
-                let text = serde_json::to_string_pretty(&info).expect("serialisable");
-                println!("{text}");
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).expect("serialisable")
+                );
             } else {
-                print!("{}", InfoText(&info));
+                println!("archive   {}", info.path);
+                println!("version   {}", info.version);
+                println!("rows      {}", info.rows);
+                println!("values    {}", info.nnz);
+                println!(
+                    "dtypes    data {}, col_ptr {}, row_ptr {}",
+                    info.dtypes.data, info.dtypes.col_ptr, info.dtypes.row_ptr
+                );
+                println!("bytes     {}", info.bytes);
+                println!("blocks    {}", info.feature_blocks.len());
+                for (i, b) in info.feature_blocks.iter().enumerate() {
+                    println!(
+                        "  {i}: rows {}..{} ({} genes) columns [{}] label {}",
+                        b.first_row,
+                        b.first_row + b.rows,
+                        b.num_vars,
+                        b.columns.join(", "),
+                        b.label
+                    );
+                }
+                match &info.obs {
+                    None => println!("obs       none"),
+                    Some(obs) => {
+                        println!("obs       {} block(s)", obs.blocks.len());
+                        for (i, b) in obs.blocks.iter().enumerate() {
+                            let cols: Vec<String> =
+                                b.columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+                            println!("  {i}: {} rows, columns [{}]", b.rows, cols.join(", "));
+                        }
+                    }
+                }
             }
             Ok(())
         }
-    }
-}
-
-/// `scdl-fs convert`. The conversion runs in a child process (this binary's convert-worker): a
-/// libhdf5 crash on a malformed file becomes a one-line error, not a segfault of this command.
-fn convert(args: &ConvertArgs) -> Result<(), (u8, String)> {
-    let (input, output, opts) = (&args.input, &args.output, args.options());
-    let bar = progress_bar();
-    let exe = scdl_fs::isolate::own_executable()
-        .ok_or((EXIT_FAILED, "cannot find own executable".to_string()))?;
-    let limits = scdl_fs::isolate::Limits::default();
-    scdl_fs::isolate::convert_in_child(&exe, input, output, &opts, &limits, &bar)
-        .map_err(failed)?;
-    bar.0.finish_and_clear();
-    // The archive was read back before it was published; this read is for the summary
-    // line only, and the archive stands whatever it says.
-    match Archive::open(output) {
-        Ok(a) => report(output, a.num_rows, a.nnz, a.data_dtype),
-        Err(e) => eprintln!("{}: written ({e})", output.display()),
-    }
-    Ok(())
-}
-
-/// `scdl-fs info` as text: one field a line, then one line per feature block.
-struct InfoText<'a>(&'a ArchiveInfo);
-
-impl std::fmt::Display for InfoText<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let info = self.0;
-        writeln!(f, "archive   {}", info.path)?;
-        writeln!(f, "version   {}", info.version)?;
-        writeln!(f, "rows      {}", info.rows)?;
-        writeln!(f, "values    {}", info.nnz)?;
-        let d = &info.dtypes;
-        let (data, col_ptr, row_ptr) = (&d.data, &d.col_ptr, &d.row_ptr);
-        writeln!(
-            f,
-            "dtypes    data {data}, col_ptr {col_ptr}, row_ptr {row_ptr}"
-        )?;
-        writeln!(f, "bytes     {}", info.bytes)?;
-        writeln!(f, "blocks    {}", info.feature_blocks.len())?;
-        for (i, b) in info.feature_blocks.iter().enumerate() {
-            writeln!(
-                f,
-                "  {i}: rows {}..{} ({} genes) columns [{}] label {}",
-                b.first_row,
-                b.first_row + b.rows,
-                b.num_vars,
-                b.columns.join(", "),
-                b.label
-            )?;
-        }
-        match &info.obs {
-            None => writeln!(f, "obs       none")?,
-            Some(obs) => {
-                writeln!(f, "obs       {} block(s)", obs.blocks.len())?;
-                for (i, b) in obs.blocks.iter().enumerate() {
-                    let cols: Vec<String> =
-                        b.columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
-                    writeln!(f, "  {i}: {} rows, columns [{}]", b.rows, cols.join(", "))?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error"))
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,fuser=error,confinement=info"),
+    )
+    .init();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if scdl_fs::helper::is_helper_invocation(&argv) {
         // mount(8) / fstab: translate and mount in the background like `scdl-fs mount`.

@@ -29,6 +29,8 @@ pub struct MountOptions {
     pub io_uring: bool,
     pub workers: usize,
     pub convert: ConvertOptions,
+    /// The unprivileged user conversions and concats run as (when the daemon is root).
+    pub worker_user: String,
 }
 
 /// Why the daemon could not start; each has its own exit code (README.md lists them).
@@ -40,6 +42,9 @@ pub enum MountError {
     Mountpoint { path: PathBuf, message: String },
     #[error("mount failed: {0}")]
     Mount(String),
+    /// The workers cannot be started as asked (no such worker user, confinement refused).
+    #[error("{0}")]
+    Worker(String),
 }
 
 impl MountError {
@@ -48,6 +53,7 @@ impl MountError {
             MountError::Store { .. } => 3,
             MountError::Mountpoint { .. } => 4,
             MountError::Mount(_) => 5,
+            MountError::Worker(_) => 2,
         }
     }
 }
@@ -135,7 +141,19 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
             "already a mount point (busy)",
         ));
     }
-    let ns = Namespace::new(store, opts.namespace_options());
+    let converter = crate::isolate::own_executable();
+    let confinement = crate::isolate::Confinement::for_user(&opts.worker_user)
+        .map_err(|e| MountError::Worker(e.to_string()))?;
+    let confinement = match &converter {
+        // Once, at start: which layers every worker gets here (a worker that cannot drop root
+        // or install its filter would refuse every job: refuse to start instead).
+        Some(exe) => {
+            crate::isolate::check_confinement(exe, confinement, &store.root().join(".scdl-fs"))
+                .map_err(|e| MountError::Worker(e.to_string()))?
+        }
+        None => confinement,
+    };
+    let ns = Namespace::new(store, opts.namespace_options(converter, confinement));
     let workers = ns.start_workers();
     let mut mounted = fuse::mount(ns.clone(), &opts.mountpoint, &opts.session_options())
         .map_err(|e| MountError::Mount(e.to_string()))?;
@@ -155,13 +173,18 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
 }
 
 impl MountOptions {
-    fn namespace_options(&self) -> NamespaceOptions {
+    fn namespace_options(
+        &self,
+        converter: Option<PathBuf>,
+        confinement: crate::isolate::Confinement,
+    ) -> NamespaceOptions {
         NamespaceOptions {
             catalog: CatalogOptions {
                 convert: self.convert.clone(),
                 workers: self.workers,
-                converter: crate::isolate::own_executable(),
+                converter,
                 limits: crate::isolate::Limits::default(),
+                confinement,
             },
             writers: self.writers,
         }

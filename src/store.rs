@@ -174,13 +174,21 @@ impl Store {
         self.input_path(name).exists() || self.archive_path(name).exists()
     }
 
-    /// Creates the upload file of `name` (`O_EXCL`: an `AlreadyExists` error when one is there).
+    /// Creates the upload file of `name` (`O_EXCL`: an `AlreadyExists` error when one is there),
+    /// readable by the converter's unprivileged user whatever the daemon's umask.
     pub fn create_upload(&self, name: &DatasetName) -> std::io::Result<fs::File> {
-        fs::OpenOptions::new()
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.upload_path(name);
+        let f = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(self.upload_path(name))
+            .open(&path)?;
+        if let Err(e) = f.set_permissions(fs::Permissions::from_mode(0o644)) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(f)
     }
 
     /// Sets the length of `name`'s upload in progress (a truncating open or `truncate(2)`).

@@ -46,6 +46,7 @@ fn namespace_with(setup: impl FnOnce(&Path)) -> Fixture {
                 // Conversions in child processes of the real binary, as the mount runs them.
                 converter: Some(common::bin()),
                 limits: Default::default(),
+                confinement: Default::default(),
             },
             writers: None,
         },

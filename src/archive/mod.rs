@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use std::os::unix::fs::FileExt;
 
-pub(crate) use writer::{rename_no_replace, sync_dir, write_synced_bytes};
+pub(crate) use writer::{publication_fault, rename_no_replace, sync_dir, write_synced_bytes};
 pub use writer::{
     temp_path_for, ArchiveWriter, SealedArchive, WriterStep, WrittenArchive, WRITER_FAULT_ENV,
 };

@@ -414,6 +414,19 @@ impl SealedArchive {
 /// The test-only fault switch of the writer: `SCDL_FS_WRITER_FAULT=STEP` (or `STEP:TEXT`, only
 /// for outputs whose path contains TEXT) makes the writer fail at that step as a full disk or a
 /// failing device would, so tests can check that no step leaves anything behind.
+/// The test-only writer fault switch at the two publication steps, for a publisher outside this
+/// module (the parent of a confined worker publishing its stage, `stage.rs`).
+pub(crate) fn publication_fault(dirsync: bool, output: &Path) -> Result<()> {
+    fault::at(
+        if dirsync {
+            fault::Step::DirSync
+        } else {
+            fault::Step::Rename
+        },
+        output,
+    )
+}
+
 mod fault {
     use super::*;
 

@@ -168,8 +168,20 @@ impl Catalog {
             return Err(crate::Error::Usage("a source name is not valid".into()));
         }
         let output = self.store.archive_path(target.name());
-        crate::concat::concat(&inputs, &output, None, false, target)
-            .and_then(|_| self.store.open_archive(target.name()))
+        match &self.options.converter {
+            Some(exe) => crate::isolate::concat_in_child(
+                exe,
+                &inputs,
+                &output,
+                None,
+                false,
+                &self.options.limits,
+                &self.options.confinement,
+                target,
+            ),
+            None => crate::concat::concat(&inputs, &output, None, false, target).map(|_| ()),
+        }
+        .and_then(|_| self.store.open_archive(target.name()))
     }
 
     /// Nothing was published (the writer removed its temporary directory): the target shows
@@ -245,6 +257,7 @@ impl Catalog {
                 &output,
                 &self.options.convert,
                 &self.options.limits,
+                &self.options.confinement,
                 ds,
             ),
             None => {

@@ -63,6 +63,8 @@ pub struct CatalogOptions {
     /// converts in-process (tests of the catalogue and the tree alone).
     pub converter: Option<PathBuf>,
     pub limits: crate::isolate::Limits,
+    /// How the child processes are confined.
+    pub confinement: crate::isolate::Confinement,
 }
 
 /// What the catalogue tells whoever serves it.
