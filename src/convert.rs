@@ -6,12 +6,18 @@
 //! a few blocks are in flight, so memory stays bounded whatever the input size. Files of a
 //! directory are streamed one after the other into the same archive, each becoming a feature
 //! block (merged with the previous one when their genes are identical).
+//!
+//! Everything that decides the archive's types is known once the sources are open, before the
+//! first byte is written: the index widths from the number of values and columns
+//! (`IndexWidths::for_shape`), the data type from the option (with `auto`, from a first pass
+//! that only reads the values, `exact_fit`).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use crate::archive::{ArchiveWriter, WrittenArchive, ARCHIVE_VERSION};
+use crate::archive::{ArchiveWriter, IndexDtypes, IndexWidths, WrittenArchive, ARCHIVE_VERSION};
 use crate::dtype::{convert_into, Dtype, Element};
+use crate::exact_fit::ExactFit;
 use crate::error::{Error, IoContext, Result};
 use crate::features::{FeatureBlock, FeatureFrame, FeatureIndex};
 use crate::h5ad::{Block, H5ad, MatrixChoice};
@@ -23,6 +29,8 @@ pub enum DataDtypeChoice {
     /// The source's own type (signed integers become the unsigned type of the same width,
     /// since SCDL has no signed types; a negative value is then reported as a change).
     Keep,
+    /// The smallest archive type that stores every value exactly (`exact_fit`).
+    Auto,
     Fixed(Dtype),
 }
 
@@ -36,13 +44,15 @@ impl Default for DataDtypeChoice {
 impl std::str::FromStr for DataDtypeChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "keep" {
-            return Ok(DataDtypeChoice::Keep);
+        match s {
+            "keep" => return Ok(DataDtypeChoice::Keep),
+            "auto" => return Ok(DataDtypeChoice::Auto),
+            _ => {}
         }
         match Dtype::from_numpy(s) {
             Some(d) if d.is_archive_data_type() => Ok(DataDtypeChoice::Fixed(d)),
             _ => Err(format!(
-                "unsupported data dtype '{s}': expected float16, float32, float64, uint8, uint16, uint32, uint64 or keep"
+                "unsupported data dtype '{s}': expected float16, float32, float64, uint8, uint16, uint32, uint64, keep or auto"
             )),
         }
     }
@@ -53,6 +63,7 @@ pub struct ConvertOptions {
     pub matrix: MatrixChoice,
     pub data_dtype: DataDtypeChoice,
     pub allow_lossy: bool,
+    pub index_dtypes: IndexDtypes,
 }
 
 /// Receives progress: the total number of rows once known, then rows as they are written.
@@ -141,42 +152,93 @@ pub fn convert_files(
     }
     // Open everything first: a bad file is reported before anything is written.
     let mut sources = Vec::with_capacity(files.len());
-    let mut total_rows = 0u64;
     for f in files {
         let h5 = H5ad::open(f)?;
         let (matrix, var) = h5.locate(&opts.matrix)?;
-        let (rows, cols, dtype) = {
-            let m = h5.matrix(&matrix)?;
-            (m.n_rows, m.n_cols, m.dtype)
-        };
-        let frame = FeatureFrame::from_var(h5.dataframe(&var, cols)?);
-        total_rows += rows;
-        sources.push((h5, matrix, frame, rows, dtype));
+        let shape = SourceShape::of(&h5.matrix(&matrix)?);
+        let frame = FeatureFrame::from_var(h5.dataframe(&var, shape.cols)?);
+        sources.push((h5, matrix, frame, shape));
     }
+    let shapes: Vec<SourceShape> = sources.iter().map(|s| s.3).collect();
     let target = match opts.data_dtype {
         DataDtypeChoice::Fixed(d) => d,
-        DataDtypeChoice::Keep => sources
+        DataDtypeChoice::Keep => shapes
             .iter()
-            .map(|s| s.4.unsigned_counterpart())
+            .map(|s| s.dtype.unsigned_counterpart())
             .reduce(promote)
             .unwrap_or(Dtype::F32),
+        DataDtypeChoice::Auto => smallest_exact_dtype(&sources)?,
     };
-    progress.start(total_rows);
-    let mut writer = ArchiveWriter::create(output, target)?;
+    let widths = index_widths(&shapes, opts.index_dtypes);
+    progress.start(shapes.iter().map(|s| s.rows).sum());
+    let mut writer = ArchiveWriter::create(output, target, widths)?;
     let scratch = writer.scratch_dir()?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
-    for (h5, matrix, frame, rows, dtype) in sources {
+    for (h5, matrix, frame, shape) in sources {
         let m = h5.matrix(&matrix)?;
-        with_element_type!(dtype, S => with_element_type!(target, T => {
+        with_element_type!(shape.dtype, S => with_element_type!(target, T => {
             stream_into::<S, T>(&h5, &m, &scratch, &mut writer, opts.allow_lossy, progress)?
         }));
         features.push(FeatureBlock {
-            rows,
+            rows: shape.rows,
             label: h5.path().display().to_string(),
             frame,
         });
     }
     writer.finish(&features)
+}
+
+/// What an opened source will contribute, known before anything is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceShape {
+    pub rows: u64,
+    pub cols: u64,
+    /// The most values it can store: its nnz when sparse; rows x columns when dense (its
+    /// non-zeros are only counted while it is converted).
+    pub max_values: u64,
+    pub dtype: Dtype,
+}
+
+impl SourceShape {
+    pub fn of(m: &crate::h5ad::MatrixReader<'_>) -> SourceShape {
+        let max_values = match m.layout {
+            crate::h5ad::Layout::Dense => m.n_rows.saturating_mul(m.n_cols),
+            _ => m.nnz,
+        };
+        SourceShape {
+            rows: m.n_rows,
+            cols: m.n_cols,
+            max_values,
+            dtype: m.dtype,
+        }
+    }
+}
+
+/// The index widths for `shapes` stacked: from the most values they can hold and their widest
+/// feature block.
+pub fn index_widths(shapes: &[SourceShape], index: IndexDtypes) -> IndexWidths {
+    let values = shapes
+        .iter()
+        .fold(0u64, |n, s| n.saturating_add(s.max_values));
+    let columns = shapes.iter().map(|s| s.cols).max().unwrap_or(0);
+    IndexWidths::for_shape(index, values, columns)
+}
+
+/// `--data-dtype auto`: one pass over every source's values (nothing else is read).
+fn smallest_exact_dtype(sources: &[(H5ad, String, FeatureFrame, SourceShape)]) -> Result<Dtype> {
+    let mut fit = ExactFit::default();
+    for (h5, matrix, _, shape) in sources {
+        let m = h5.matrix(matrix)?;
+        with_element_type!(shape.dtype, S => m.for_each_value_block::<S>(&mut |vals| {
+            fit.observe(vals);
+            Ok(())
+        })?);
+    }
+    fit.smallest().ok_or_else(|| {
+        Error::Usage(
+            "--data-dtype auto: no SCDL data type holds every value exactly (negative integers beyond 2^53); choose one with --data-dtype and --allow-lossy".into(),
+        )
+    })
 }
 
 /// Streams one matrix into the writer: this thread reads, a scoped thread converts and writes.

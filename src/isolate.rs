@@ -53,6 +53,7 @@ fn matrix_arg(m: &MatrixChoice) -> String {
 fn dtype_arg(d: DataDtypeChoice) -> String {
     match d {
         DataDtypeChoice::Keep => "keep".into(),
+        DataDtypeChoice::Auto => "auto".into(),
         DataDtypeChoice::Fixed(d) => d.name().into(),
     }
 }
@@ -95,6 +96,8 @@ pub fn convert_in_child(
         .arg(matrix_arg(&opts.matrix))
         .arg("--data-dtype")
         .arg(dtype_arg(opts.data_dtype))
+        .arg("--index-dtypes")
+        .arg(opts.index_dtypes.name())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

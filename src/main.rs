@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use scdl_fs::archive::Archive;
+use scdl_fs::archive::{Archive, IndexDtypes};
+use scdl_fs::concat::ConcatOptions;
 use scdl_fs::convert::{ConvertOptions, DataDtypeChoice, Progress};
 use scdl_fs::h5ad::MatrixChoice;
 use scdl_fs::mount::{self, MountOptions};
@@ -35,12 +36,17 @@ struct ConvertArgs {
     /// Which matrix: auto (raw.X if present, else X), X, raw, or layers/NAME.
     #[arg(long, default_value = "auto")]
     matrix: MatrixChoice,
-    /// Data type of data.npy: float16, float32, float64, uint8..uint64, or keep.
+    /// Data type of data.npy: float16, float32, float64, uint8..uint64, keep (the source's), or
+    /// auto (the smallest that stores every value exactly).
     #[arg(long, default_value = "float32")]
     data_dtype: DataDtypeChoice,
     /// Convert values that the data type cannot hold exactly instead of failing.
     #[arg(long)]
     allow_lossy: bool,
+    /// col_ptr.npy/row_ptr.npy: narrow (the smallest unsigned type holding every entry) or wide
+    /// (uint32/uint64, for readers that assume them).
+    #[arg(long, default_value = "narrow")]
+    index_dtypes: IndexDtypes,
 }
 
 impl ConvertArgs {
@@ -49,6 +55,7 @@ impl ConvertArgs {
             matrix: self.matrix.clone(),
             data_dtype: self.data_dtype,
             allow_lossy: self.allow_lossy,
+            index_dtypes: self.index_dtypes,
         }
     }
 }
@@ -90,6 +97,9 @@ enum Command {
         /// Data type of converted archives (as for convert).
         #[arg(long, default_value = "float32")]
         data_dtype: DataDtypeChoice,
+        /// Index types of converted archives: narrow or wide (as for convert).
+        #[arg(long, default_value = "narrow")]
+        index_dtypes: IndexDtypes,
         /// Which matrix dropped files are converted from (as for convert).
         #[arg(long, default_value = "auto")]
         matrix: MatrixChoice,
@@ -107,6 +117,9 @@ enum Command {
         /// Convert values the data type cannot hold exactly instead of failing.
         #[arg(long)]
         allow_lossy: bool,
+        /// col_ptr.npy/row_ptr.npy of the result: narrow or wide (as for convert).
+        #[arg(long, default_value = "narrow")]
+        index_dtypes: IndexDtypes,
     },
     /// (internal) One conversion in a child process of the mount; progress on stdout.
     #[command(hide = true)]
@@ -211,6 +224,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             no_io_uring,
             conversions,
             data_dtype,
+            index_dtypes,
             matrix,
         } => {
             let options = MountOptions {
@@ -226,6 +240,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                     matrix,
                     data_dtype,
                     allow_lossy: false,
+                    index_dtypes,
                 },
             };
             mount(cli_args, mountpoint, store, foreground, options)
@@ -250,10 +265,16 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             inputs,
             data_dtype,
             allow_lossy,
+            index_dtypes,
         } => {
             let bar = progress_bar();
-            let written = scdl_fs::concat::concat(&inputs, &output, data_dtype, allow_lossy, &bar)
-                .map_err(failed)?;
+            let opts = ConcatOptions {
+                data_dtype,
+                allow_lossy,
+                index_dtypes,
+            };
+            let written =
+                scdl_fs::concat::concat_with(&inputs, &output, &opts, &bar).map_err(failed)?;
             bar.0.finish_and_clear();
             report(&written.path, written.rows, written.nnz, written.dtype);
             Ok(())

@@ -8,6 +8,7 @@
 //! the kernel's page cache. `ArchiveWriter` writes one atomically.
 
 pub mod header;
+pub mod widths;
 mod writer;
 
 use std::fs::{self, File};
@@ -17,6 +18,7 @@ use serde::Serialize;
 use std::os::unix::fs::FileExt;
 
 pub(crate) use writer::{rename_no_replace, sync_dir, write_synced_bytes};
+pub use widths::{IndexDtypes, IndexWidths};
 pub use writer::{temp_path_for, ArchiveWriter, WrittenArchive};
 
 use crate::dtype::Dtype;
