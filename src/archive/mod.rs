@@ -19,7 +19,9 @@ use std::os::unix::fs::FileExt;
 
 pub(crate) use writer::{rename_no_replace, sync_dir, write_synced_bytes};
 pub use widths::{IndexDtypes, IndexWidths};
-pub use writer::{temp_path_for, ArchiveWriter, WrittenArchive};
+pub use writer::{
+    temp_path_for, ArchiveWriter, SealedArchive, WriterStep, WrittenArchive, WRITER_FAULT_ENV,
+};
 
 use crate::dtype::Dtype;
 use crate::error::{Error, IoContext, Result};

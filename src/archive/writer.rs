@@ -216,9 +216,10 @@ impl ArchiveWriter {
             .map_err(|e| Error::io(self.tmp.path.join(FileNames::ROW_PTR), e))
     }
 
-    /// Writes the metadata and feature index, flushes and fsyncs everything, and renames the
-    /// archive into place.
-    pub fn finish(mut self, features: &FeatureIndex) -> Result<WrittenArchive> {
+    /// Writes the metadata, the feature index and header.sch, flushes and fsyncs everything, then
+    /// re-opens the result as a reader would: all inside the temporary directory, so whatever
+    /// fails (a write, a file that does not read back) leaves nothing under the output's name.
+    pub fn seal(mut self, features: &FeatureIndex) -> Result<SealedArchive> {
         if features.num_rows() != self.rows {
             return Err(Error::archive(
                 &self.output,
@@ -231,6 +232,46 @@ impl ArchiveWriter {
         }
         let dir = self.tmp.path.clone();
         let _ = fs::remove_dir_all(dir.join("scratch"));
+        self.sync_arrays()?;
+        fault::at(Step::Arrays, &self.output)?;
+        self.write_metadata()?;
+        let fdir = dir.join(FileNames::FEATURES);
+        features.write(&fdir)?;
+        for entry in fs::read_dir(&fdir).at(&fdir)? {
+            let p = entry.at(&fdir)?.path();
+            File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
+        }
+        sync_dir(&fdir)?;
+        fault::at(Step::Features, &self.output)?;
+        write_synced_bytes(&dir.join(FileNames::HEADER), &self.header(&fdir)?)?;
+        sync_dir(&dir)?;
+        fault::at(Step::Header, &self.output)?;
+        self.validate(features)?;
+        // The sealed archive owns the directory from here: this writer must not remove it.
+        self.tmp.keep = true;
+        Ok(SealedArchive {
+            output: self.output.clone(),
+            written: WrittenArchive {
+                path: self.output.clone(),
+                rows: self.rows,
+                nnz: self.nnz,
+                dtype: self.dtype,
+                widths: self.widths,
+            },
+            tmp: TempDir {
+                path: self.tmp.path.clone(),
+                keep: false,
+            },
+        })
+    }
+
+    /// Seals and publishes: the archive appears at its output path, complete, or not at all.
+    pub fn finish(self, features: &FeatureIndex) -> Result<WrittenArchive> {
+        self.seal(features)?.publish()
+    }
+
+    fn sync_arrays(&mut self) -> Result<()> {
+        let dir = &self.tmp.path;
         for (w, name) in [
             (&mut self.data, FileNames::DATA),
             (&mut self.cols, FileNames::COL_PTR),
@@ -240,6 +281,11 @@ impl ArchiveWriter {
             w.flush().at(&p)?;
             w.get_ref().sync_all().at(&p)?;
         }
+        Ok(())
+    }
+
+    fn write_metadata(&self) -> Result<()> {
+        let dir = &self.tmp.path;
         write_synced(
             &dir.join(FileNames::METADATA),
             &serde_json::json!({ "num_rows": self.rows }).to_string(),
@@ -253,15 +299,11 @@ impl ArchiveWriter {
         write_synced(
             &dir.join(FileNames::VERSION),
             &serde_json::json!(ARCHIVE_VERSION).to_string(),
-        )?;
-        let fdir = dir.join(FileNames::FEATURES);
-        features.write(&fdir)?;
-        for entry in fs::read_dir(&fdir).at(&fdir)? {
-            let p = entry.at(&fdir)?.path();
-            File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
-        }
-        sync_dir(&fdir)?;
-        let header = header::encode(
+        )
+    }
+
+    fn header(&self, fdir: &Path) -> Result<Vec<u8>> {
+        Ok(header::encode(
             &[
                 header::ArrayEntry {
                     name: "DATA".into(),
@@ -282,25 +324,145 @@ impl ArchiveWriter {
             &[header::FeatureIndexEntry {
                 name: FileNames::FEATURES.into(),
                 length: self.rows,
-                files: feature_files(&fdir)?,
+                files: feature_files(fdir)?,
             }],
-        );
-        write_synced_bytes(&dir.join(FileNames::HEADER), &header)?;
-        sync_dir(&dir)?;
-        rename_no_replace(&dir, &self.output)?;
-        self.tmp.keep = true;
-        if let Some(parent) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
+        ))
+    }
+
+    /// Opens the sealed directory as `Archive::open` would open the published one (every file,
+    /// row_ptr checked, every parquet block read back) and checks it holds what was written.
+    fn validate(&self, features: &FeatureIndex) -> Result<()> {
+        let a = super::Archive::open(&self.tmp.path).map_err(|e| self.rebase_error(e))?;
+        let blocks = a.features.blocks.len();
+        if a.num_rows != self.rows || a.nnz != self.nnz || blocks != features.blocks.len() {
+            return Err(Error::archive(
+                &self.output,
+                format!(
+                    "internal error: the archive reads back as {} rows, {} values, {blocks} feature blocks; {} rows, {} values, {} blocks were written",
+                    a.num_rows,
+                    a.nnz,
+                    self.rows,
+                    self.nnz,
+                    features.blocks.len()
+                ),
+            ));
         }
-        Ok(WrittenArchive {
-            path: self.output.clone(),
-            rows: self.rows,
-            nnz: self.nnz,
-            dtype: self.dtype,
-            widths: self.widths,
-        })
+        Ok(())
+    }
+
+    /// An error found while reading back the temporary directory, told with the output's name
+    /// (the temporary one means nothing to the user and no longer exists once we return).
+    fn rebase_error(&self, e: Error) -> Error {
+        let tmp = self.tmp.path.to_string_lossy().into_owned();
+        let out = self.output.to_string_lossy().into_owned();
+        Error::archive(
+            &self.output,
+            format!(
+                "the written archive does not read back: {}",
+                e.to_string().replace(&tmp, &out)
+            ),
+        )
     }
 }
+
+/// A complete archive in its temporary directory, every file written, synced and read back:
+/// only the rename into place is left. Dropped unpublished, the directory is removed.
+pub struct SealedArchive {
+    output: PathBuf,
+    written: WrittenArchive,
+    tmp: TempDir,
+}
+
+impl SealedArchive {
+    /// The temporary directory holding the sealed archive.
+    pub fn path(&self) -> &Path {
+        &self.tmp.path
+    }
+
+    /// Renames the archive into place (never over an existing entry) and syncs the parent
+    /// directory. If that sync fails the rename may not survive a crash, and a half-durable
+    /// archive is what a later start must not find: it is renamed back and removed, and the
+    /// error reported.
+    pub fn publish(mut self) -> Result<WrittenArchive> {
+        fault::at(Step::Rename, &self.output)?;
+        rename_no_replace(&self.tmp.path, &self.output)?;
+        let parent = self
+            .output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let synced = fault::at(Step::DirSync, &self.output).and_then(|_| sync_dir(&parent));
+        if let Err(e) = synced {
+            // Withdraw: back under the temporary name, which `TempDir` removes on drop.
+            if fs::rename(&self.output, &self.tmp.path).is_err() {
+                let _ = fs::remove_dir_all(&self.output);
+            }
+            return Err(Error::archive(
+                &self.output,
+                format!("withdrawn after publishing, the directory could not be synced: {e}"),
+            ));
+        }
+        self.tmp.keep = true;
+        Ok(self.written.clone())
+    }
+}
+
+/// The test-only fault switch of the writer: `SCDL_FS_WRITER_FAULT=STEP` (or `STEP:TEXT`, only
+/// for outputs whose path contains TEXT) makes the writer fail at that step as a full disk or a
+/// failing device would, so tests can check that no step leaves anything behind.
+mod fault {
+    use super::*;
+
+    pub const ENV: &str = "SCDL_FS_WRITER_FAULT";
+
+    /// The steps between the first write and publication, in order.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Step {
+        /// The three arrays written and synced.
+        Arrays,
+        /// The feature index written.
+        Features,
+        /// header.sch written: the archive is complete in its temporary directory.
+        Header,
+        /// The rename into place.
+        Rename,
+        /// The sync of the parent directory after the rename.
+        DirSync,
+    }
+
+    impl Step {
+        pub fn name(self) -> &'static str {
+            match self {
+                Step::Arrays => "arrays",
+                Step::Features => "features",
+                Step::Header => "header",
+                Step::Rename => "rename",
+                Step::DirSync => "dirsync",
+            }
+        }
+    }
+
+    pub fn at(step: Step, output: &Path) -> Result<()> {
+        let Ok(fault) = std::env::var(ENV) else {
+            return Ok(());
+        };
+        let hit = match fault.split_once(':') {
+            Some((s, text)) => s == step.name() && output.to_string_lossy().contains(text),
+            None => fault == step.name(),
+        };
+        if hit {
+            return Err(Error::io(
+                output,
+                std::io::Error::other(format!("injected fault at step '{}'", step.name())),
+            ));
+        }
+        Ok(())
+    }
+}
+
+use fault::Step;
+pub use fault::{Step as WriterStep, ENV as WRITER_FAULT_ENV};
 
 fn feature_files(fdir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = fs::read_dir(fdir)
