@@ -219,7 +219,10 @@ fn columns_u32(archive: &Archive, a: u64, b: u64) -> Result<Vec<u32>> {
             u32::try_from(c).map_err(|_| {
                 Error::archive(
                     &archive.path,
-                    format!("col_ptr.npy: column index {c} of value {} exceeds uint32", a + i as u64),
+                    format!(
+                        "col_ptr.npy: column index {c} of value {} exceeds uint32",
+                        a + i as u64
+                    ),
                 )
             })
         })

@@ -17,8 +17,8 @@ use std::sync::mpsc;
 
 use crate::archive::{ArchiveWriter, IndexDtypes, IndexWidths, WrittenArchive, ARCHIVE_VERSION};
 use crate::dtype::{convert_into, Dtype, Element};
-use crate::exact_fit::ExactFit;
 use crate::error::{Error, IoContext, Result};
+use crate::exact_fit::ExactFit;
 use crate::features::{FeatureBlock, FeatureFrame, FeatureIndex};
 use crate::h5ad::{Block, H5ad, MatrixChoice};
 use crate::with_element_type;

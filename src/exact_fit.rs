@@ -49,7 +49,10 @@ fn slot(d: Dtype) -> usize {
 
 /// Whether every value of `vals` converts to `T` and back unchanged (NaN stays NaN).
 fn all_exact<S: Element, T: Element>(vals: &[S]) -> bool {
-    S::DTYPE == T::DTYPE || vals.iter().all(|v| v.exact().same_as(v.cast::<T>().exact()))
+    S::DTYPE == T::DTYPE
+        || vals
+            .iter()
+            .all(|v| v.exact().same_as(v.cast::<T>().exact()))
 }
 
 /// Which candidates still hold every value seen so far.

@@ -158,7 +158,10 @@ fn the_good_matrix_converts() {
     let dtypes: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("dtypes.json")).unwrap()).unwrap();
     assert_eq!(dtypes["row_ptr.npy"], "uint8");
-    assert_eq!(std::fs::read(out.join("row_ptr.npy")).unwrap(), [0, 2, 2, 3]);
+    assert_eq!(
+        std::fs::read(out.join("row_ptr.npy")).unwrap(),
+        [0, 2, 2, 3]
+    );
 }
 
 #[test]

@@ -172,12 +172,19 @@ fn index_widths_follow_the_result_not_the_inputs() {
     let (small, large) = (f.join("csr_f32.h5ad"), f.join("large_csr_f32.h5ad"));
     for (extra, want) in [
         (&[][..], ("\"uint16\"", "\"uint16\"")),
-        (&["--index-dtypes", "wide"][..], ("\"uint32\"", "\"uint64\"")),
+        (
+            &["--index-dtypes", "wide"][..],
+            ("\"uint32\"", "\"uint64\""),
+        ),
     ] {
         let out = d.join(format!("joined{}", extra.len()));
         let (a, b, c) = (d.join("small"), d.join("large"), d.join("small-copy"));
         let mut args = vec!["concat", out.to_str().unwrap()];
-        args.extend([a.to_str().unwrap(), b.to_str().unwrap(), c.to_str().unwrap()]);
+        args.extend([
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            c.to_str().unwrap(),
+        ]);
         args.extend_from_slice(extra);
         let o = scdl(&args);
         assert!(o.status.success(), "{}", stderr(&o));

@@ -135,7 +135,10 @@ fn more_values_and_genes_than_uint16_holds_widen_the_indices() {
     // 70,000 genes (column indices past 65,535) and ~100,000 values (row offsets past 65,535).
     let dir = tempfile::tempdir().unwrap();
     let input = synthetic(dir.path(), 200, 70_000, "0.007");
-    for (args, data) in [(&[][..], "float32"), (&["--data-dtype", "auto"][..], "uint8")] {
+    for (args, data) in [
+        (&[][..], "float32"),
+        (&["--data-dtype", "auto"][..], "uint8"),
+    ] {
         let (_out_dir, out) = convert(&input, args);
         let info = info_json(&out);
         assert_eq!(info["dtypes"]["col_ptr"], "uint32", "{info}");

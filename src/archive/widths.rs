@@ -70,9 +70,10 @@ impl IndexWidths {
     /// `data` (for a free-space estimate; the feature index comes on top).
     pub fn array_bytes(&self, rows: u64, values: u64, data: Dtype) -> u64 {
         let per_value = (data.size() + self.col_ptr.size()) as u64;
-        values
-            .saturating_mul(per_value)
-            .saturating_add(rows.saturating_add(1).saturating_mul(self.row_ptr.size() as u64))
+        values.saturating_mul(per_value).saturating_add(
+            rows.saturating_add(1)
+                .saturating_mul(self.row_ptr.size() as u64),
+        )
     }
 }
 
