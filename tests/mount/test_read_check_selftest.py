@@ -132,6 +132,7 @@ def build_tree(archive, mnt, name, seed=0):
     data, cols, ptr = (np.fromfile(os.path.join(archive, f), dtype=np.dtype(dtypes[f]).newbyteorder("<"))
                        for f in ("data.npy", "col_ptr.npy", "row_ptr.npy"))
     cols, ptr = cols.astype(np.int64), ptr.astype(np.int64)
+    dt = np.dtype(dtypes["data.npy"])
     n = len(ptr) - 1
     blocks = archive_blocks(archive)
     with open(os.path.join(root, "status.json"), "w") as fh:
