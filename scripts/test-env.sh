@@ -7,7 +7,7 @@
 #   system packages (Debian): libhdf5-dev pkg-config fuse3, openssh-server openssh-client sshfs (the shared-storage
 #         test runs a loopback sshd), + python3-venv if `python3 -m venv` fails
 #   venv  ${SCDL_FS_TEST_VENV:-$HOME/.cache/scdl-fs/test-venv}   pinned anndata/h5py/numpy/scipy/pandas/pyarrow,
-#         pytest, and the small runtime deps of bionemo-scdl 0.1.3
+#         pytest, safetensors (the batch files), and the small runtime deps of bionemo-scdl 0.1.3
 #   <venv>/bionemo-0.0.5, <venv>/bionemo-0.1.3   each bionemo-scdl installed with --no-deps --target, so the two
 #         are never importable together: put ONE of them (and tests/oracle/torch_stub) first on sys.path.
 # A stamp file records the wanted spec; when it matches, nothing is installed again.
@@ -19,7 +19,8 @@ BASE_PYTHON="${SCDL_FS_TEST_PYTHON:-python3}"
 STUB="$ROOT/tests/oracle/torch_stub"
 
 PKGS=(anndata==0.12.19 h5py==3.16.0 numpy==2.4.6 scipy==1.17.1 pandas==2.3.3 pyarrow==26.0.1 pytest
-      pydantic==2.14.3 email-validator==2.4.0 tqdm==4.70.1 pooch==1.9.0 psutil==7.2.2 PyYAML==6.0.3 platformdirs==4.14.7)
+      pydantic==2.14.3 email-validator==2.4.0 tqdm==4.70.1 pooch==1.9.0 psutil==7.2.2 PyYAML==6.0.3 platformdirs==4.14.7
+      safetensors==0.8.0)
 BIONEMO_VERSIONS=(0.0.5 0.1.3)
 SYS_PKGS=(libhdf5-dev pkg-config fuse3 openssh-server openssh-client sshfs)
 

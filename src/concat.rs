@@ -127,6 +127,22 @@ pub fn concat_with(
         .collect();
     let target = result_dtype(&kinds, opts.data_dtype)?;
     let widths = result_widths(&archives, opts.index_dtypes);
+    let needed = crate::space::archive_bytes(
+        archives.iter().map(|a| a.num_rows).sum(),
+        archives.iter().map(|a| a.nnz).sum(),
+        target,
+        widths,
+        archives
+            .iter()
+            .flat_map(|a| &a.features.blocks)
+            .map(|b| b.frame.num_vars)
+            .sum(),
+        archives
+            .iter()
+            .map(|a| a.features.blocks.len() as u64)
+            .sum(),
+    );
+    crate::space::ensure_room(output, needed)?;
     progress.start(archives.iter().map(|a| a.num_rows).sum());
     let mut writer = ArchiveWriter::create(output, target, widths)?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);

@@ -20,7 +20,7 @@ use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::exact_fit::ExactFit;
 use crate::features::{FeatureBlock, FeatureFrame, FeatureIndex};
-use crate::h5ad::{Block, H5ad, MatrixChoice};
+use crate::h5ad::{Block, H5ad, Layout, MatrixChoice};
 use crate::with_element_type;
 
 /// The archive's data type.
@@ -64,6 +64,9 @@ pub struct ConvertOptions {
     pub data_dtype: DataDtypeChoice,
     pub allow_lossy: bool,
     pub index_dtypes: IndexDtypes,
+    /// Lower this process's file-size limit to the computed output size before writing (for
+    /// worker processes, whose only job is this conversion).
+    pub cap_file_size: bool,
 }
 
 /// Receives progress: the total number of rows once known, then rows as they are written.
@@ -150,86 +153,117 @@ pub fn convert_files(
             output.display()
         )));
     }
-    // Open everything first: a bad file is reported before anything is written.
-    let mut sources = Vec::with_capacity(files.len());
-    for f in files {
-        let h5 = H5ad::open(f)?;
-        let (matrix, var) = h5.locate(&opts.matrix)?;
-        let shape = SourceShape::of(&h5.matrix(&matrix)?);
-        let frame = FeatureFrame::from_var(h5.dataframe(&var, shape.cols)?);
-        sources.push((h5, matrix, frame, shape));
-    }
-    let shapes: Vec<SourceShape> = sources.iter().map(|s| s.3).collect();
+    // Everything is checked before anything is written, cheapest first: the declared shapes
+    // (is there room for the output?), then whether the file really holds the data it
+    // declares, then (for --data-dtype auto) its values, then the var dataframes, which are
+    // read whole. The index widths follow from the shapes alone.
+    let sources = files
+        .iter()
+        .map(|f| Source::open(f, &opts.matrix))
+        .collect::<Result<Vec<_>>>()?;
+    let total_rows: u64 = sources.iter().map(|s| s.rows).sum();
+    let widths = index_widths(&sources, opts.index_dtypes);
+    // None: --data-dtype auto, decided once the values are known to be stored in the file.
     let target = match opts.data_dtype {
-        DataDtypeChoice::Fixed(d) => d,
-        DataDtypeChoice::Keep => shapes
+        DataDtypeChoice::Fixed(d) => Some(d),
+        DataDtypeChoice::Keep => sources
             .iter()
             .map(|s| s.dtype.unsigned_counterpart())
             .reduce(promote)
-            .unwrap_or(Dtype::F32),
-        DataDtypeChoice::Auto => smallest_exact_dtype(&sources)?,
+            .or(Some(Dtype::F32)),
+        DataDtypeChoice::Auto => None,
     };
-    let widths = index_widths(&shapes, opts.index_dtypes);
-    progress.start(shapes.iter().map(|s| s.rows).sum());
+    if let Some(t) = target {
+        crate::space::ensure_room(output, disk_bytes(&sources, t, widths))?;
+    }
+    for s in &sources {
+        s.h5.matrix(&s.matrix)?.check_backed_by_storage()?;
+    }
+    let target = match target {
+        Some(t) => t,
+        None => {
+            let t = smallest_exact_dtype(&sources)?;
+            crate::space::ensure_room(output, disk_bytes(&sources, t, widths))?;
+            t
+        }
+    };
+    let needed = disk_bytes(&sources, target, widths);
+    let frames = sources
+        .iter()
+        .map(|s| Ok(FeatureFrame::from_var(s.h5.dataframe(&s.var, s.cols)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if opts.cap_file_size {
+        crate::space::cap_file_size(needed.saturating_add(needed / 16 + (64 << 20)))?;
+    }
+    progress.start(total_rows);
     let mut writer = ArchiveWriter::create(output, target, widths)?;
     let scratch = writer.scratch_dir()?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
-    for (h5, matrix, frame, shape) in sources {
-        let m = h5.matrix(&matrix)?;
-        with_element_type!(shape.dtype, S => with_element_type!(target, T => {
-            stream_into::<S, T>(&h5, &m, &scratch, &mut writer, opts.allow_lossy, progress)?
+    for (s, frame) in sources.into_iter().zip(frames) {
+        let m = s.h5.matrix(&s.matrix)?;
+        with_element_type!(s.dtype, S => with_element_type!(target, T => {
+            stream_into::<S, T>(&s.h5, &m, &scratch, &mut writer, opts.allow_lossy, progress)?
         }));
         features.push(FeatureBlock {
-            rows: shape.rows,
-            label: h5.path().display().to_string(),
+            rows: s.rows,
+            label: s.h5.path().display().to_string(),
             frame,
         });
     }
     writer.finish(&features)
 }
 
-/// What an opened source will contribute, known before anything is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SourceShape {
-    pub rows: u64,
-    pub cols: u64,
-    /// The most values it can store: its nnz when sparse; rows x columns when dense (its
-    /// non-zeros are only counted while it is converted).
-    pub max_values: u64,
-    pub dtype: Dtype,
+/// An opened input file and what its matrix declares.
+struct Source {
+    h5: H5ad,
+    matrix: String,
+    var: String,
+    rows: u64,
+    cols: u64,
+    dtype: Dtype,
+    /// At most this many values (nnz, or every cell of a dense matrix).
+    max_values: u64,
+    /// CSC is transposed through scratch files as large as its values.
+    csc: bool,
 }
 
-impl SourceShape {
-    pub fn of(m: &crate::h5ad::MatrixReader<'_>) -> SourceShape {
-        let max_values = match m.layout {
-            crate::h5ad::Layout::Dense => m.n_rows.saturating_mul(m.n_cols),
-            _ => m.nnz,
-        };
-        SourceShape {
-            rows: m.n_rows,
-            cols: m.n_cols,
+impl Source {
+    fn open(file: &Path, choice: &MatrixChoice) -> Result<Source> {
+        let h5 = H5ad::open(file)?;
+        let (matrix, var) = h5.locate(choice)?;
+        let m = h5.matrix(&matrix)?;
+        let (rows, cols, dtype) = (m.n_rows, m.n_cols, m.dtype);
+        let (max_values, csc) = (m.max_values(), m.layout == Layout::Csc);
+        drop(m);
+        Ok(Source {
+            h5,
+            matrix,
+            var,
+            rows,
+            cols,
+            dtype,
             max_values,
-            dtype: m.dtype,
-        }
+            csc,
+        })
     }
 }
 
-/// The index widths for `shapes` stacked: from the most values they can hold and their widest
-/// feature block.
-pub fn index_widths(shapes: &[SourceShape], index: IndexDtypes) -> IndexWidths {
-    let values = shapes
+/// The index widths of `sources` stacked, from the most values they can hold (a dense source's
+/// non-zeros are only counted while it is converted) and their widest feature block.
+fn index_widths(sources: &[Source], index: IndexDtypes) -> IndexWidths {
+    let values = sources
         .iter()
         .fold(0u64, |n, s| n.saturating_add(s.max_values));
-    let columns = shapes.iter().map(|s| s.cols).max().unwrap_or(0);
+    let columns = sources.iter().map(|s| s.cols).max().unwrap_or(0);
     IndexWidths::for_shape(index, values, columns)
 }
 
 /// `--data-dtype auto`: one pass over every source's values (nothing else is read).
-fn smallest_exact_dtype(sources: &[(H5ad, String, FeatureFrame, SourceShape)]) -> Result<Dtype> {
+fn smallest_exact_dtype(sources: &[Source]) -> Result<Dtype> {
     let mut fit = ExactFit::default();
-    for (h5, matrix, _, shape) in sources {
-        let m = h5.matrix(matrix)?;
-        with_element_type!(shape.dtype, S => m.for_each_value_block::<S>(&mut |vals| {
+    for s in sources {
+        let m = s.h5.matrix(&s.matrix)?;
+        with_element_type!(s.dtype, S => m.for_each_value_block::<S>(&mut |vals| {
             fit.observe(vals);
             Ok(())
         })?);
@@ -239,6 +273,28 @@ fn smallest_exact_dtype(sources: &[(H5ad, String, FeatureFrame, SourceShape)]) -
             "--data-dtype auto: no SCDL data type holds every value exactly (negative integers beyond 2^53); choose one with --data-dtype and --allow-lossy".into(),
         )
     })
+}
+
+/// The most disk the conversion of `sources` into `target` takes at once, known before a byte
+/// is written: the archive, plus a CSC input's transpose scratch (12 bytes of row and column
+/// and the value, per value), which exists while the archive is being written.
+fn disk_bytes(sources: &[Source], target: Dtype, widths: IndexWidths) -> u64 {
+    let sum = |f: fn(&Source) -> u64| sources.iter().map(f).fold(0u64, u64::saturating_add);
+    let archive = crate::space::archive_bytes(
+        sum(|s| s.rows),
+        sum(|s| s.max_values),
+        target,
+        widths,
+        sum(|s| s.cols),
+        sources.len() as u64,
+    );
+    let scratch = sources
+        .iter()
+        .filter(|s| s.csc)
+        .map(|s| s.max_values.saturating_mul(12 + s.dtype.size() as u64))
+        .max()
+        .unwrap_or(0);
+    archive.saturating_add(scratch)
 }
 
 /// Streams one matrix into the writer: this thread reads, a scoped thread converts and writes.

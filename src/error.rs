@@ -45,6 +45,21 @@ pub enum Error {
     #[error("{0}")]
     Interrupted(String),
 
+    /// The output would not fit in its file system's free space less the reserve.
+    #[error(
+        "{}: needs {} ({needed} bytes) but its file system has {} available, less a reserve of {}: refused before writing",
+        path.display(),
+        crate::space::human(*needed),
+        crate::space::human(*available),
+        crate::space::human(*reserve)
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+        reserve: u64,
+    },
+
     /// A request that cannot be carried out as asked (bad option, existing output, ...).
     #[error("{0}")]
     Usage(String),

@@ -23,6 +23,9 @@ pub struct Limits {
     /// CPU time, seconds.
     pub cpu_seconds: u64,
     pub open_files: u64,
+    /// Largest file the worker may write (RLIMIT_FSIZE), bytes; `None`: what the output's file
+    /// system can take (its available space less the reserve, see `space`), decided at start.
+    pub file_size: Option<u64>,
 }
 
 impl Default for Limits {
@@ -31,6 +34,7 @@ impl Default for Limits {
             address_space: 8 << 30,
             cpu_seconds: 6 * 3600,
             open_files: 256,
+            file_size: None,
         }
     }
 }
@@ -65,6 +69,7 @@ fn signal_name(sig: i32) -> String {
         libc::SIGBUS => "SIGBUS",
         libc::SIGKILL => "SIGKILL (out of memory or killed)",
         libc::SIGXCPU => "SIGXCPU (CPU time limit)",
+        libc::SIGXFSZ => "SIGXFSZ (file size limit)",
         libc::SIGFPE => "SIGFPE",
         libc::SIGILL => "SIGILL",
         libc::SIGTERM => "SIGTERM",
@@ -105,18 +110,28 @@ pub fn convert_in_child(
         cmd.arg("--allow-lossy");
     }
     let l = limits.clone();
-    // SAFETY: the closure runs between fork and exec and only calls prctl and setrlimit, which
-    // are async-signal-safe; it allocates nothing and touches no locks.
+    // No single file the worker writes may outgrow what its output's file system can take; the
+    // worker lowers this further to its computed output size once it knows it.
+    let file_size = match l.file_size {
+        Some(n) => n,
+        None => output_space(output)?,
+    };
+    // SAFETY: the closure runs between fork and exec and only calls prctl, signal and setrlimit,
+    // which are async-signal-safe; it allocates nothing and touches no locks.
     unsafe {
         cmd.pre_exec(move || {
             // Die with the daemon: a converter must not outlive the process that owns its job.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // A write past RLIMIT_FSIZE then fails with EFBIG (reported, temporaries removed)
+            // instead of killing the worker; an ignored signal stays ignored across exec.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
             for (res, v) in [
                 (libc::RLIMIT_AS, l.address_space),
                 (libc::RLIMIT_CPU, l.cpu_seconds),
                 (libc::RLIMIT_NOFILE, l.open_files),
+                (libc::RLIMIT_FSIZE, file_size),
                 // A crashing libhdf5 is expected now and then: no core files in the store.
                 (libc::RLIMIT_CORE, 0),
             ] {
@@ -191,6 +206,16 @@ pub fn convert_in_child(
     } else {
         msg
     }))
+}
+
+/// What `output`'s file system can take: its available space less the reserve (at least one
+/// byte, so that a full disk gives EFBIG, not an unlimited worker).
+fn output_space(output: &Path) -> Result<u64> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(crate::space::FsSpace::of(dir)?.usable().max(1))
 }
 
 /// Removes `.NAME.scdl-tmp.<pid>.*` beside `output`.

@@ -56,6 +56,7 @@ impl ConvertArgs {
             data_dtype: self.data_dtype,
             allow_lossy: self.allow_lossy,
             index_dtypes: self.index_dtypes,
+            cap_file_size: false,
         }
     }
 }
@@ -241,6 +242,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                     data_dtype,
                     allow_lossy: false,
                     index_dtypes,
+                    cap_file_size: false,
                 },
             };
             mount(cli_args, mountpoint, store, foreground, options)
@@ -256,8 +258,12 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             scdl_fs::isolate::convert_in_child(&exe, input, output, &opts, &limits, &bar)
                 .map_err(failed)?;
             bar.0.finish_and_clear();
-            let written = Archive::open(output).map_err(failed)?;
-            report(output, written.num_rows, written.nnz, written.data_dtype);
+            // The archive was read back before it was published; this read is for the summary
+            // line only, and the archive stands whatever it says.
+            match Archive::open(output) {
+                Ok(a) => report(output, a.num_rows, a.nnz, a.data_dtype),
+                Err(e) => eprintln!("{}: written ({e})", output.display()),
+            }
             Ok(())
         }
         Command::Concat {
@@ -280,8 +286,12 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             Ok(())
         }
         Command::ConvertWorker(args) => {
-            scdl_fs::isolate::worker_main(&args.input, &args.output, &args.options())
-                .map_err(failed)
+            // The worker's only job is this conversion: it may cap its own file sizes.
+            let opts = ConvertOptions {
+                cap_file_size: true,
+                ..args.options()
+            };
+            scdl_fs::isolate::worker_main(&args.input, &args.output, &opts).map_err(failed)
         }
         Command::Info { archive, json } => {
             let a = Archive::open(&archive).map_err(failed)?;

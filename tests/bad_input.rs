@@ -521,6 +521,104 @@ fn raw_asked_for_but_absent() {
     assert!(!out.exists());
 }
 
+/// A hostile input made by the fixture script, copied into a case directory.
+fn hostile(name: &str) -> Case {
+    Case::new(|p| {
+        std::fs::copy(common::hostile_fixtures().join(name), p).unwrap();
+    })
+}
+
+const HOSTILE: [&str; 8] = [
+    "var_index_not_utf8.h5ad",
+    "var_category_not_utf8.h5ad",
+    "var_column_name_not_utf8.h5ad",
+    "declares_2e40_rows.h5ad",
+    "declares_2e28_rows.h5ad",
+    "dense_unwritten.h5ad",
+    "csc_declares_2e33_rows.h5ad",
+    "csc_unwritten_values.h5ad",
+];
+
+#[test]
+fn var_index_not_utf8_is_refused_up_front() {
+    let err = hostile("var_index_not_utf8.h5ad").fails();
+    assert_mentions(
+        &err,
+        &["/var/_index", "string 1 is not valid UTF-8", "\\xff"],
+    );
+}
+
+#[test]
+fn var_category_not_utf8_is_refused_up_front() {
+    let err = hostile("var_category_not_utf8.h5ad").fails();
+    assert_mentions(
+        &err,
+        &["/var/kind/categories", "string 1 is not valid UTF-8"],
+    );
+}
+
+#[test]
+fn var_column_name_not_utf8_is_refused_up_front() {
+    let err = hostile("var_column_name_not_utf8.h5ad").fails();
+    assert_mentions(&err, &["/var@column-order", "not valid UTF-8"]);
+}
+
+/// 2^40 declared rows need 8 TiB of row_ptr: refused before a byte is written, naming the
+/// bytes needed and available.
+#[test]
+fn an_output_bigger_than_the_disk_is_refused_up_front() {
+    let err = hostile("declares_2e40_rows.h5ad").fails();
+    assert_mentions(
+        &err,
+        &[
+            "out: needs",
+            "TiB",
+            "available, less a reserve of",
+            "refused before writing",
+        ],
+    );
+}
+
+/// 2^28 declared rows fit on the disk (2 GiB of row_ptr) but the file does not hold them.
+#[test]
+fn rows_the_file_does_not_store_are_refused() {
+    let err = hostile("declares_2e28_rows.h5ad").fails();
+    assert_mentions(
+        &err,
+        &["/X/indptr", "declares 268435457 values", "stores only"],
+    );
+}
+
+/// A dense X whose chunks were never written: hours of reading zeros, refused at once (or, on
+/// a disk smaller than its 32 GiB worst case, refused for want of room).
+#[test]
+fn a_dense_matrix_the_file_does_not_store_is_refused() {
+    let err = hostile("dense_unwritten.h5ad").fails();
+    assert!(
+        err.contains("/X: declares 4294967296 values") || err.contains("out: needs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_csc_with_more_rows_than_the_file_can_describe_is_refused() {
+    let err = hostile("csc_declares_2e33_rows.h5ad").fails();
+    assert!(
+        err.contains("declares 8589934592 rows, more than a") || err.contains("out: needs"),
+        "{err}"
+    );
+}
+
+/// CSC values declared but never written: the transpose would write 64 GiB of bucket files.
+#[test]
+fn csc_values_the_file_does_not_store_are_refused() {
+    let err = hostile("csc_unwritten_values.h5ad").fails();
+    assert!(
+        err.contains("/X/data: declares 4294967296 values") || err.contains("out: needs"),
+        "{err}"
+    );
+}
+
 /// The same malformed files dropped into a mount: each ends as a failed dataset with the error
 /// `scdl-fs convert` prints, its input stays, and the daemon serves a good file next to them.
 #[test]
@@ -541,18 +639,19 @@ fn the_corpus_dropped_into_a_mount() {
             let f = hdf5::File::create(p).unwrap();
             f.create_group("obs").unwrap();
         }),
-    ];
+    ]
+    .into_iter()
+    .chain(HOSTILE.iter().map(|h| hostile(h)))
+    .collect();
     let m = common::TestMount::start();
+    let store_before = common::total_size(&m.store);
+    let inputs: u64 = cases
+        .iter()
+        .map(|c| std::fs::metadata(&c.input).unwrap().len())
+        .sum();
     for (i, c) in cases.iter().enumerate() {
         locked(|| std::fs::copy(&c.input, m.mnt.join(format!("bad{i}.h5ad")))).unwrap();
     }
-    locked(|| {
-        std::fs::copy(
-            common::fixtures().join("csr_f32.h5ad"),
-            m.mnt.join("good.h5ad"),
-        )
-    })
-    .unwrap();
     for (i, c) in cases.iter().enumerate() {
         let st = m.wait_done(&format!("bad{i}"));
         assert_eq!(st["state"], "failed", "bad{i}: {st}");
@@ -570,6 +669,19 @@ fn the_corpus_dropped_into_a_mount() {
             std::fs::read(&c.input).unwrap()
         );
     }
+    // Failed conversions took no room beyond their inputs (and the failure records).
+    let store_after = common::total_size(&m.store);
+    assert!(
+        store_after <= store_before + inputs + (1 << 20),
+        "store grew from {store_before} to {store_after} bytes for {inputs} bytes of inputs"
+    );
+    locked(|| {
+        std::fs::copy(
+            common::fixtures().join("csr_f32.h5ad"),
+            m.mnt.join("good.h5ad"),
+        )
+    })
+    .unwrap();
     assert_eq!(m.wait_done("good")["state"], "ready");
 }
 

@@ -307,10 +307,11 @@ fn control_concat_and_its_refusals() {
     ));
 }
 
-/// A disk that fills up midway (a tiny tmpfs; CI runs as root): the concat fails with the reason,
-/// leaves no output and no temporary files, and the inputs stay as they were.
+/// A disk too small for the result (a tiny tmpfs; CI runs as root): the concat is refused before
+/// it writes, naming the bytes needed and available, leaves no output and no temporary files, and
+/// the inputs stay as they were.
 #[test]
-fn a_full_disk_midway_leaves_nothing() {
+fn a_full_disk_is_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     convert("large_csr_f32.h5ad", &d.join("a"), &[]);
@@ -335,8 +336,42 @@ fn a_full_disk_midway_leaves_nothing() {
     let left = listing(&small);
     let _ = std::process::Command::new("umount").arg(&small).status();
     assert!(!o.status.success(), "concat into a full disk must fail");
-    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains("joined: needs") && err.contains("available, less a reserve of"),
+        "{err}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!([tree_bytes(&d.join("a")), tree_bytes(&d.join("b"))], before);
+}
+
+/// A write that fails midway (a file-size limit below the result's data.npy; SIGXFSZ ignored, as
+/// the mount's workers ignore it): the concat fails with the reason, leaves no output and no
+/// temporary files, and the inputs stay as they were.
+#[test]
+fn a_write_failing_midway_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    convert("large_csr_f32.h5ad", &d.join("a"), &[]);
+    convert("large_csr_f32.h5ad", &d.join("b"), &[]);
+    let before = [tree_bytes(&d.join("a")), tree_bytes(&d.join("b"))];
+    let listing_before = listing(d);
+    let out = d.join("joined");
+    // ulimit -f counts 1024-byte blocks: 64 KiB, well below the ~280 KiB of values.
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" concat \"$1\" \"$2\" \"$3\"")
+        .arg(common::bin())
+        .arg(&out)
+        .arg(d.join("a"))
+        .arg(d.join("b"))
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("File too large"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!out.exists());
+    assert_eq!(listing(d), listing_before, "temporaries left");
     assert_eq!([tree_bytes(&d.join("a")), tree_bytes(&d.join("b"))], before);
 }

@@ -4,7 +4,7 @@
 
 use hdf5::types::{FixedAscii, TypeDescriptor, VarLenUnicode};
 
-use super::attrs::{is_string_type, read_strings, string_attr, string_list_attr};
+use super::attrs::{checked_utf8, is_string_type, read_strings, string_attr, string_list_attr};
 use super::H5ad;
 use crate::error::Result;
 
@@ -70,16 +70,26 @@ pub(super) fn read(h5: &H5ad, path: &str) -> Result<DataFrame> {
     let group = file
         .group(path)
         .map_err(|_| h5.error(path, "dataframe is neither a group nor a dataset"))?;
-    let index_name = string_attr(&group, "_index").unwrap_or_else(|| "_index".into());
+    let attr_error = |name: &str, e: super::attrs::NotUtf8| {
+        h5.error(&format!("{path}@{name}"), format!("attribute {e}"))
+    };
+    let index_name = string_attr(&group, "_index")
+        .map_err(|e| attr_error("_index", e))?
+        .unwrap_or_else(|| "_index".into());
     let index_column = read_column(h5, &group, path, &index_name)?;
     let index = match index_column {
         Column::Str(v) => v.into_iter().map(Option::unwrap_or_default).collect(),
         other => stringify(other),
     };
-    let order = match string_list_attr(&group, "column-order") {
+    let order = match string_list_attr(&group, "column-order")
+        .map_err(|e| attr_error("column-order", e))?
+    {
         Some(order) => order,
         None => {
-            let mut names = group.member_names().unwrap_or_default();
+            let names = group.member_names().unwrap_or_default();
+            // The hdf5 crate does not check link names: a name that is not UTF-8 is refused.
+            let mut names = checked_utf8(names.iter().map(|n| n.as_bytes()))
+                .map_err(|e| h5.error(path, format!("member name {e}")))?;
             names.retain(|n| n != &index_name && !n.starts_with("__"));
             names
         }
@@ -129,7 +139,9 @@ fn read_column(h5: &H5ad, group: &hdf5::Group, path: &str, name: &str) -> Result
     let sub = group
         .group(name)
         .map_err(|_| h5.error(&loc, "column is missing"))?;
-    let encoding = string_attr(&sub, "encoding-type").unwrap_or_default();
+    let encoding = string_attr(&sub, "encoding-type")
+        .map_err(|e| h5.error(&format!("{loc}@encoding-type"), format!("attribute {e}")))?
+        .unwrap_or_default();
     let member = |m: &str| {
         sub.dataset(m)
             .map_err(|_| h5.error(&format!("{loc}/{m}"), "missing"))
@@ -198,6 +210,9 @@ fn apply_mask(values: Column, mask: &[u8]) -> Column {
 const MAX_FRAME_ELEMENTS: usize = 1 << 28;
 
 fn check_size(h5: &H5ad, loc: &str, ds: &hdf5::Dataset) -> Result<()> {
+    if let Some(u) = super::unbacked(ds) {
+        return Err(h5.error(loc, u.to_string()));
+    }
     if ds.size() > MAX_FRAME_ELEMENTS {
         return Err(h5.error(
             loc,
@@ -221,7 +236,9 @@ fn read_array(h5: &H5ad, loc: &str, ds: &hdf5::Dataset) -> Result<Column> {
     }
     let desc = ds.dtype().and_then(|t| t.to_descriptor()).map_err(fail)?;
     Ok(match desc {
-        d if is_string_type(&d) => Column::Str(some_all(read_strings(ds).map_err(fail)?)),
+        d if is_string_type(&d) => Column::Str(some_all(
+            read_strings(ds).map_err(|e| h5.error(loc, e.to_string()))?,
+        )),
         TypeDescriptor::Integer(_) => Column::Int(some_all(ds.read_raw::<i64>().map_err(fail)?)),
         TypeDescriptor::Unsigned(_) => Column::UInt(some_all(ds.read_raw::<u64>().map_err(fail)?)),
         TypeDescriptor::Float(_) => Column::Float(some_all(ds.read_raw::<f64>().map_err(fail)?)),
@@ -253,11 +270,11 @@ fn read_compound(h5: &H5ad, path: &str, ds: &hdf5::Dataset) -> Result<DataFrame>
             struct VarIndex {
                 index: VarLenUnicode,
             }
-            ds.read_raw::<VarIndex>()
-                .map_err(|e| h5.error(path, format!("cannot read index: {e}")))?
-                .into_iter()
-                .map(|r| r.index.as_str().to_string())
-                .collect()
+            let rows = ds
+                .read_raw::<VarIndex>()
+                .map_err(|e| h5.error(path, format!("cannot read index: {e}")))?;
+            checked_utf8(rows.iter().map(|r| r.index.as_bytes()))
+                .map_err(|e| h5.error(&format!("{path}/index"), e.to_string()))?
         }
         _ => {
             #[derive(hdf5::H5Type, Clone)]
@@ -265,11 +282,11 @@ fn read_compound(h5: &H5ad, path: &str, ds: &hdf5::Dataset) -> Result<DataFrame>
             struct FixedIndex {
                 index: FixedAscii<1024>,
             }
-            ds.read_raw::<FixedIndex>()
-                .map_err(|e| h5.error(path, format!("cannot read index: {e}")))?
-                .into_iter()
-                .map(|r| r.index.as_str().to_string())
-                .collect()
+            let rows = ds
+                .read_raw::<FixedIndex>()
+                .map_err(|e| h5.error(path, format!("cannot read index: {e}")))?;
+            checked_utf8(rows.iter().map(|r| r.index.as_bytes()))
+                .map_err(|e| h5.error(&format!("{path}/index"), e.to_string()))?
         }
     };
     Ok(DataFrame {

@@ -115,8 +115,12 @@ impl<'a> MatrixReader<'a> {
         let group = file
             .group(path)
             .map_err(|_| h5.error(path, "is neither a dataset nor a group"))?;
-        let encoding = string_attr(&group, "encoding-type");
-        let legacy = string_attr(&group, "h5sparse_format");
+        let attr = |name: &str| {
+            string_attr(&group, name)
+                .map_err(|e| h5.error(&format!("{path}@{name}"), format!("attribute {e}")))
+        };
+        let encoding = attr("encoding-type")?;
+        let legacy = attr("h5sparse_format")?;
         let layout = match (encoding.as_deref(), legacy.as_deref()) {
             (Some("csr_matrix"), _) | (None, Some("csr")) => Layout::Csr,
             (Some("csc_matrix"), _) | (None, Some("csc")) => Layout::Csc,
@@ -267,6 +271,52 @@ impl<'a> MatrixReader<'a> {
 
     pub fn location(&self) -> &str {
         &self.path
+    }
+
+    /// An upper bound of the values this matrix gives: nnz for a sparse matrix, every cell for
+    /// a dense one (its zeros are only found by reading it).
+    pub fn max_values(&self) -> u64 {
+        match self.layout {
+            Layout::Dense => self.n_rows.saturating_mul(self.n_cols),
+            Layout::Csr | Layout::Csc => self.nnz,
+        }
+    }
+
+    /// Checks that every array the conversion will read is backed by bytes in the file. HDF5
+    /// lets a tiny file declare a huge chunked dataset whose chunks were never written (they
+    /// read as the fill value): converting one would run for hours, or write terabytes, on
+    /// data the file does not contain. Compression can legitimately shrink data, but deflate
+    /// never beyond 1032:1, so a declared size over `h5ad::MAX_EXPANSION` times the stored
+    /// bytes (plus a small allowance) is refused, and so is a shape too large for the file.
+    pub fn check_backed_by_storage(&self) -> Result<()> {
+        let members: Vec<(&str, &hdf5::Dataset)> = match self.layout {
+            Layout::Dense => vec![("", &self.data)],
+            Layout::Csr | Layout::Csc => {
+                let mut v = vec![("data", &self.data)];
+                v.extend(self.indices.as_ref().map(|d| ("indices", d)));
+                v.extend(self.indptr.as_ref().map(|d| ("indptr", d)));
+                v
+            }
+        };
+        for (member, ds) in members {
+            if let Some(u) = super::unbacked(ds) {
+                return Err(self.err(member, u.to_string()));
+            }
+        }
+        // A row or a column costs at least 8 bytes of output (its row_ptr entry, its feature),
+        // and a real file stores something for each (cell and gene ids): a shape the file
+        // cannot have come from is refused, whatever its layout.
+        let file_len = std::fs::metadata(self.h5.path()).map_or(u64::MAX, |m| m.len());
+        let limit = super::expansion_limit(file_len);
+        for (what, n) in [("rows", self.n_rows), ("columns", self.n_cols)] {
+            if n as u128 * 8 > limit {
+                return Err(self.err(
+                    "",
+                    format!("declares {n} {what}, more than a {file_len}-byte file can describe: refused"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The HDF5 dataset holding the values (for messages).

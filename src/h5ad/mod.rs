@@ -171,6 +171,49 @@ impl H5ad {
     }
 }
 
+/// The most a dataset may expand from its stored bytes: deflate, the strongest filter an .h5ad
+/// uses, never exceeds 1032:1.
+pub const MAX_EXPANSION: u64 = 1100;
+/// Declared bytes allowed beyond that, whatever is stored (small arrays, fill-value padding).
+const UNBACKED_ALLOWANCE: u64 = 1 << 20;
+
+/// The most bytes `stored` bytes of a file can stand for.
+fn expansion_limit(stored: u64) -> u128 {
+    stored as u128 * MAX_EXPANSION as u128 + UNBACKED_ALLOWANCE as u128
+}
+
+/// A dataset that declares far more than the file stores for it.
+#[derive(Debug)]
+pub(crate) struct Unbacked {
+    elements: usize,
+    declared: u128,
+    stored: u64,
+}
+
+impl std::fmt::Display for Unbacked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "declares {} values ({} bytes) but the file stores only {} bytes of them: refused (chunks never written?)",
+            self.elements, self.declared, self.stored
+        )
+    }
+}
+
+/// Checks that `ds` is backed by bytes in the file. HDF5 lets a tiny file declare a huge
+/// chunked dataset whose chunks were never written (they read as the fill value): converting
+/// one would run for hours, or write terabytes, on data the file does not contain.
+pub(crate) fn unbacked(ds: &hdf5::Dataset) -> Option<Unbacked> {
+    let item = ds.dtype().map(|t| t.size()).unwrap_or(1) as u128;
+    let declared = ds.size() as u128 * item;
+    let stored = ds.storage_size();
+    (declared > expansion_limit(stored)).then_some(Unbacked {
+        elements: ds.size(),
+        declared,
+        stored,
+    })
+}
+
 fn display_list(items: &[String]) -> String {
     if items.is_empty() {
         "none".into()

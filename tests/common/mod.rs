@@ -17,6 +17,27 @@ pub fn fixtures() -> PathBuf {
     repo().join("tests/fixtures/h5ad")
 }
 
+/// Hostile inputs made by the fixture script (tests/fixtures/make_fixtures.py, `hostile`).
+pub fn hostile_fixtures() -> PathBuf {
+    repo().join("tests/fixtures/hostile")
+}
+
+/// Bytes of every file below `dir`, hidden ones included (what a directory takes on disk).
+pub fn total_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = e.path().symlink_metadata() else {
+            continue;
+        };
+        total += if meta.is_dir() {
+            total_size(&e.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
 /// The Python interpreter of the test environment (scripts/test-env.sh makes it; the test
 /// command exports SCDL_FS_PYTHON). Tests that need the oracle fail loudly without it.
 pub fn python() -> PathBuf {
