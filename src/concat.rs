@@ -17,6 +17,7 @@ use crate::convert::Progress;
 use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, Result};
 use crate::features::FeatureIndex;
+use crate::obs::ObsIndex;
 use crate::with_element_type;
 
 /// Elements per chunk when values or columns must be converted.
@@ -142,9 +143,14 @@ pub fn concat_with(
             .map(|a| a.features.blocks.len() as u64)
             .sum(),
     );
-    crate::space::ensure_room(output, needed)?;
+    let obs_bytes: u64 = archives
+        .iter()
+        .map(|a| crate::space::tree_size(&a.path.join(crate::obs::OBS_DIR)))
+        .sum();
+    crate::space::ensure_room(output, needed.saturating_add(obs_bytes))?;
     progress.start(archives.iter().map(|a| a.num_rows).sum());
     let mut writer = ArchiveWriter::create(output, target, widths)?;
+    let obs = concat_obs(&archives)?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
     for a in &archives {
         append_archive(&mut writer, a, opts.allow_lossy, progress)?;
@@ -152,7 +158,37 @@ pub fn concat_with(
             features.push(b.clone());
         }
     }
+    if let Some(obs) = obs {
+        writer.set_obs(obs);
+    }
     writer.finish(&features)
+}
+
+/// The inputs' obs blocks in order (merged where their columns agree), when every input has
+/// obs; an input without obs among inputs with obs is refused, since the result's obs must
+/// cover every row and dropping the others' would lose them silently.
+fn concat_obs(archives: &[Archive]) -> Result<Option<ObsIndex>> {
+    let with: Vec<&Archive> = archives.iter().filter(|a| a.obs.is_some()).collect();
+    if with.is_empty() {
+        return Ok(None);
+    }
+    if let Some(without) = archives.iter().find(|a| a.obs.is_none()) {
+        return Err(Error::Usage(format!(
+            "{}: has no obs_features/ but {} has: the result's per-cell metadata would cover only some rows (convert it again, or concat archives that agree)",
+            without.path.display(),
+            with[0].path.display()
+        )));
+    }
+    let mut out = ObsIndex::new(ARCHIVE_VERSION);
+    for a in archives {
+        let obs = ObsIndex::read(&a.path)?.ok_or_else(|| {
+            Error::archive(&a.path, "obs_features/ disappeared while concatenating")
+        })?;
+        for b in obs.index.blocks {
+            out.push(b.frame, b.label);
+        }
+    }
+    Ok(Some(out))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

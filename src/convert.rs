@@ -21,6 +21,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::exact_fit::ExactFit;
 use crate::features::{FeatureBlock, FeatureFrame, FeatureIndex};
 use crate::h5ad::{Block, H5ad, Layout, MatrixChoice};
+use crate::obs::{ObsChoice, ObsIndex};
 use crate::with_element_type;
 
 /// The archive's data type.
@@ -64,6 +65,8 @@ pub struct ConvertOptions {
     pub data_dtype: DataDtypeChoice,
     pub allow_lossy: bool,
     pub index_dtypes: IndexDtypes,
+    /// Which obs columns go into `obs_features/` (the index always, unless none).
+    pub obs: crate::obs::ObsChoice,
     /// Lower this process's file-size limit to the computed output size before writing (for
     /// worker processes, whose only job is this conversion).
     pub cap_file_size: bool,
@@ -173,8 +176,17 @@ pub fn convert_files(
             .or(Some(Dtype::F32)),
         DataDtypeChoice::Auto => None,
     };
+    // obs_features/ holds what the inputs' obs hold: their files' sizes bound it.
+    let obs_bytes: u64 = match opts.obs {
+        ObsChoice::None => 0,
+        _ => files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum(),
+    };
+    let needed_for = |t: Dtype| disk_bytes(&sources, t, widths).saturating_add(obs_bytes);
     if let Some(t) = target {
-        crate::space::ensure_room(output, disk_bytes(&sources, t, widths))?;
+        crate::space::ensure_room(output, needed_for(t))?;
     }
     for s in &sources {
         s.h5.matrix(&s.matrix)?.check_backed_by_storage()?;
@@ -183,15 +195,16 @@ pub fn convert_files(
         Some(t) => t,
         None => {
             let t = smallest_exact_dtype(&sources)?;
-            crate::space::ensure_room(output, disk_bytes(&sources, t, widths))?;
+            crate::space::ensure_room(output, needed_for(t))?;
             t
         }
     };
-    let needed = disk_bytes(&sources, target, widths);
+    let needed = needed_for(target);
     let frames = sources
         .iter()
         .map(|s| Ok(FeatureFrame::from_var(s.h5.dataframe(&s.var, s.cols)?)))
         .collect::<Result<Vec<_>>>()?;
+    let obs = read_obs(&sources, &opts.obs)?;
     if opts.cap_file_size {
         crate::space::cap_file_size(needed.saturating_add(needed / 16 + (64 << 20)))?;
     }
@@ -210,7 +223,24 @@ pub fn convert_files(
             frame,
         });
     }
+    if let Some(obs) = obs {
+        writer.set_obs(obs);
+    }
     writer.finish(&features)
+}
+
+/// The obs of every source, one block per source (merged when their columns agree); None with
+/// `--obs none`.
+fn read_obs(sources: &[Source], choice: &ObsChoice) -> Result<Option<ObsIndex>> {
+    if *choice == ObsChoice::None {
+        return Ok(None);
+    }
+    let mut obs = ObsIndex::new(ARCHIVE_VERSION);
+    for s in sources {
+        let frame = crate::obs::select(s.h5.obs(s.rows)?, choice, s.h5.path())?;
+        obs.push(frame, s.h5.path().display().to_string());
+    }
+    Ok(Some(obs))
 }
 
 /// An opened input file and what its matrix declares.

@@ -33,8 +33,14 @@ pub struct FeatureFrame {
 impl FeatureFrame {
     /// The var dataframe as stored: the index first (as a column), then the columns.
     pub fn from_var(var: DataFrame) -> FeatureFrame {
+        Self::with_index_column(var, UNNAMED_INDEX_COLUMN)
+    }
+
+    /// A dataframe as stored: its index first, as a column named after the index (`unnamed`
+    /// when anndata's default name says it has none), then its columns.
+    pub fn with_index_column(var: DataFrame, unnamed: &str) -> FeatureFrame {
         let mut name = match var.index_name.as_str() {
-            "_index" | "index" | "" => UNNAMED_INDEX_COLUMN.to_string(),
+            "_index" | "index" | "" => unnamed.to_string(),
             other => other.to_string(),
         };
         let index = Column::Str(var.index.into_iter().map(Some).collect());
@@ -197,8 +203,35 @@ impl FeatureIndex {
     }
 }
 
+/// The block ends of a feature directory's `cumulative_sum_index.npy` ([-1, end0, end1, ...]
+/// read as [end0, end1, ...]), checked to start at -1 and never decrease.
+pub fn read_cumulative_sum_index(dir: &Path) -> Result<Vec<u64>> {
+    let bad = |m: String| Error::archive(dir, m);
+    let path = dir.join("cumulative_sum_index.npy");
+    let csum = match npy::read_array(&fs::read(&path).at(&path)?) {
+        Ok(npy::NpyArray::Int64(v)) => v,
+        Ok(_) => return Err(bad("cumulative_sum_index.npy is not int64".into())),
+        Err(e) => return Err(bad(format!("cumulative_sum_index.npy: {e}"))),
+    };
+    if csum.first() != Some(&-1) {
+        return Err(bad("cumulative_sum_index.npy does not start with -1".into()));
+    }
+    let mut prev = 0i64;
+    let mut ends = Vec::with_capacity(csum.len() - 1);
+    for (i, &e) in csum[1..].iter().enumerate() {
+        if e < prev {
+            return Err(bad(format!(
+                "cumulative_sum_index.npy decreases at block {i}"
+            )));
+        }
+        ends.push(e as u64);
+        prev = e;
+    }
+    Ok(ends)
+}
+
 /// The parquet files of a feature directory, in the order bionemo loads them (sorted paths).
-fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = fs::read_dir(dir)
         .at(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -441,13 +474,8 @@ fn read_parquet_unguarded(path: &Path) -> Result<FeatureFrame> {
 }
 
 fn append(into: &mut Column, more: Column) {
-    match (into, more) {
-        (Column::Str(a), Column::Str(b)) => a.extend(b),
-        (Column::Int(a), Column::Int(b)) => a.extend(b),
-        (Column::UInt(a), Column::UInt(b)) => a.extend(b),
-        (Column::Float(a), Column::Float(b)) => a.extend(b),
-        (Column::Bool(a), Column::Bool(b)) => a.extend(b),
-        _ => unreachable!("batches of one parquet file share a schema"),
+    if into.extend(more).is_err() {
+        unreachable!("batches of one parquet file share a schema")
     }
 }
 

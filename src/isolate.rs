@@ -109,6 +109,8 @@ pub fn convert_in_child(
     if opts.allow_lossy {
         cmd.arg("--allow-lossy");
     }
+    // One argument with '=': a column name may start with '-'.
+    cmd.arg(format!("--obs={}", opts.obs));
     let l = limits.clone();
     // No single file the worker writes may outgrow what its output's file system can take; the
     // worker lowers this further to its computed output size once it knows it.

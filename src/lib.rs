@@ -12,7 +12,7 @@
 //!
 //! `isolate` runs conversions for the mount in a child process under resource limits;
 //! `render` computes the synthetic files (rows, ranges, npz, feature JSON) from an archive;
-//! `names` validates every user-given name; `space` decides whether an output fits on its disk; `dtype` (element types and exact conversion), `npy`
+//! `obs` keeps per-cell metadata as bionemo-scdl 0.1.3 does; `names` validates every user-given name; `space` decides whether an output fits on its disk; `dtype` (element types and exact conversion), `npy`
 //! (the .npy format) and `error` serve all of them. The binary (`main.rs`) is a thin
 //! command-line edge over this library.
 
@@ -32,6 +32,7 @@ pub mod mount;
 pub mod names;
 pub mod namespace;
 pub mod npy;
+pub mod obs;
 pub mod render;
 pub mod space;
 pub mod store;

@@ -47,6 +47,10 @@ struct ConvertArgs {
     /// (uint32/uint64, for readers that assume them).
     #[arg(long, default_value = "narrow")]
     index_dtypes: IndexDtypes,
+    /// Per-cell metadata kept in obs_features/: all, none, or COL,COL,... (the obs index, the
+    /// cell ids, is always kept as a column).
+    #[arg(long, default_value = "all")]
+    obs: scdl_fs::obs::ObsChoice,
 }
 
 impl ConvertArgs {
@@ -56,6 +60,7 @@ impl ConvertArgs {
             data_dtype: self.data_dtype,
             allow_lossy: self.allow_lossy,
             index_dtypes: self.index_dtypes,
+            obs: self.obs.clone(),
             cap_file_size: false,
         }
     }
@@ -242,6 +247,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                     data_dtype,
                     allow_lossy: false,
                     index_dtypes,
+                    obs: scdl_fs::obs::ObsChoice::All,
                     cap_file_size: false,
                 },
             };
@@ -321,6 +327,17 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                         b.columns.join(", "),
                         b.label
                     );
+                }
+                match &info.obs {
+                    None => println!("obs       none"),
+                    Some(obs) => {
+                        println!("obs       {} block(s)", obs.blocks.len());
+                        for (i, b) in obs.blocks.iter().enumerate() {
+                            let cols: Vec<String> =
+                                b.columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+                            println!("  {i}: {} rows, columns [{}]", b.rows, cols.join(", "));
+                        }
+                    }
                 }
             }
             Ok(())

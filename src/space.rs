@@ -102,6 +102,21 @@ pub fn ensure_room(output: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of the files below `dir` (0 when it does not exist).
+pub fn tree_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => tree_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Bytes in a human unit, for messages ("8.0 TiB").
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -521,6 +521,22 @@ fn raw_asked_for_but_absent() {
     assert!(!out.exists());
 }
 
+#[test]
+fn obs_shorter_than_the_matrix() {
+    let err = good_then(|f| {
+        let obs = f.create_group("obs").unwrap();
+        str_attr(&obs, "_index", "_index");
+        str_attr(&obs, "encoding-type", "dataframe");
+        let ids: Vec<VarLenUnicode> = ["a", "b"].iter().map(|s| s.parse().unwrap()).collect();
+        obs.new_dataset_builder()
+            .with_data(&ids)
+            .create("_index")
+            .unwrap();
+    })
+    .fails();
+    assert_mentions(&err, &["/obs", "has 2 rows but the matrix has 3 rows"]);
+}
+
 /// A hostile input made by the fixture script, copied into a case directory.
 fn hostile(name: &str) -> Case {
     Case::new(|p| {

@@ -195,6 +195,42 @@ fn index_widths_follow_the_result_not_the_inputs() {
     }
 }
 
+/// An archive without obs among archives with obs: the result's obs would cover only some rows.
+#[test]
+fn obs_on_some_inputs_only_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    convert("obs_rich.h5ad", &d.join("with"), &[]);
+    convert("csr_f32.h5ad", &d.join("without"), &["--obs", "none"]);
+    let before = listing(d);
+    let out = d.join("joined");
+    let o = scdl(&[
+        "concat",
+        out.to_str().unwrap(),
+        d.join("with").to_str().unwrap(),
+        d.join("without").to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("without: has no obs_features/") && err.contains("cover only some rows"),
+        "{err}"
+    );
+    assert_eq!(listing(d), before);
+    // Both without obs: joined, without obs.
+    convert("csr_f32.h5ad", &d.join("without2"), &["--obs", "none"]);
+    let o = scdl(&[
+        "concat",
+        out.to_str().unwrap(),
+        d.join("without").to_str().unwrap(),
+        d.join("without2").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let src = fixtures().join("csr_f32.h5ad");
+    let v = verify(&out, &[&src, &src], &["--obs", "none"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
 #[test]
 fn refusals_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();

@@ -108,6 +108,10 @@ fixture_tests! {
     auto_no_values: "csr_zero_nnz.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
     auto_layer: "layers_counts.h5ad", ["--data-dtype", "auto", "--matrix", "layers/counts"], ["--data-dtype", "auto", "--matrix", "layers/counts"];
     auto_directory: "dir", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    obs_of_every_kind: "obs_rich.h5ad", [], [];
+    obs_none: "obs_rich.h5ad", ["--obs", "none"], ["--obs", "none"];
+    obs_chosen_columns: "obs_rich.h5ad", ["--obs", "donor,pct_mito,flag"], ["--obs", "donor,pct_mito,flag"];
+    obs_of_a_legacy_file: "legacy_raw.h5ad", [], ["--matrix", "raw"];
 }
 
 /// A synthetic CSR input of `rows` x `cols` (bench/make_h5ad.py: float32 counts 1..49).
@@ -168,6 +172,50 @@ fn info_states_the_types_auto_chose() {
         text.contains("dtypes    data uint8, col_ptr uint16, row_ptr uint16"),
         "{text}"
     );
+}
+
+#[test]
+fn an_obs_column_the_file_lacks_is_named() {
+    let err = convert_fails(&fixtures().join("obs_rich.h5ad"), &["--obs", "donor,nope"]);
+    assert!(
+        err.contains("/obs/nope")
+            && err.contains("no such obs column")
+            && err.contains("cell_type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn info_lists_the_obs_columns_and_kinds() {
+    let (_dir, out) = convert(&fixtures().join("obs_rich.h5ad"), &[]);
+    let o = scdl(&["info", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cols = &info["obs"]["blocks"][0]["columns"];
+    let names: Vec<&str> = cols
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "barcode",
+            "cell_type",
+            "donor",
+            "pct_mito",
+            "n_genes",
+            "is_doublet",
+            "n_int",
+            "flag",
+            "label"
+        ]
+    );
+    assert_eq!(info["obs"]["blocks"][0]["rows"], 40);
+    let text = scdl(&["info", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("pct_mito: Float64"), "{text}");
 }
 
 #[test]

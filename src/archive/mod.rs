@@ -56,6 +56,8 @@ pub struct Archive {
     pub col_dtype: Dtype,
     pub row_ptr_dtype: Dtype,
     pub features: FeatureIndex,
+    /// The per-cell metadata's layout, when the archive has `obs_features/`.
+    pub obs: Option<crate::obs::ObsSummary>,
     pub version: String,
     data: File,
     cols: File,
@@ -71,6 +73,8 @@ pub struct ArchiveInfo {
     pub nnz: u64,
     pub dtypes: DtypesInfo,
     pub feature_blocks: Vec<BlockInfo>,
+    /// obs_features/: per block, its rows and (column, type) pairs; null when absent.
+    pub obs: Option<crate::obs::ObsSummary>,
     pub bytes: u64,
 }
 
@@ -230,6 +234,7 @@ impl Archive {
                 features.num_rows()
             )));
         }
+        let obs = crate::obs::ObsSummary::read(path, num_rows)?;
         let archive = Archive {
             path: path.to_path_buf(),
             num_rows,
@@ -238,6 +243,7 @@ impl Archive {
             col_dtype,
             row_ptr_dtype,
             features,
+            obs,
             version,
             data,
             cols,
@@ -410,6 +416,7 @@ impl Archive {
                 row_ptr: self.row_ptr_dtype.name().into(),
             },
             feature_blocks,
+            obs: self.obs.clone(),
             bytes: self.disk_bytes(),
         }
     }

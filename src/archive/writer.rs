@@ -15,6 +15,7 @@ use super::{header, FileNames, ARCHIVE_VERSION};
 use crate::dtype::{Dtype, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::features::FeatureIndex;
+use crate::obs::{ObsIndex, OBS_DIR};
 
 const WRITE_BUFFER: usize = 4 << 20;
 
@@ -54,6 +55,7 @@ pub struct ArchiveWriter {
     narrowed: Vec<u8>,
     rows: u64,
     nnz: u64,
+    obs: Option<ObsIndex>,
 }
 
 /// The temporary directory name used for `output` (hidden, so nothing serves it).
@@ -117,6 +119,7 @@ impl ArchiveWriter {
             narrowed: Vec::new(),
             rows: 0,
             nnz: 0,
+            obs: None,
         };
         writer.write_row_end(0)?;
         Ok(writer)
@@ -127,6 +130,11 @@ impl ArchiveWriter {
         let p = self.tmp.path.join("scratch");
         fs::create_dir_all(&p).at(&p)?;
         Ok(p)
+    }
+
+    /// The per-cell metadata to write into `obs_features/` (it must cover every row).
+    pub fn set_obs(&mut self, obs: ObsIndex) {
+        self.obs = Some(obs);
     }
 
     pub fn dtype(&self) -> Dtype {
@@ -237,11 +245,21 @@ impl ArchiveWriter {
         self.write_metadata()?;
         let fdir = dir.join(FileNames::FEATURES);
         features.write(&fdir)?;
-        for entry in fs::read_dir(&fdir).at(&fdir)? {
-            let p = entry.at(&fdir)?.path();
-            File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
+        sync_files(&fdir)?;
+        if let Some(obs) = &self.obs {
+            if obs.num_rows() != self.rows {
+                return Err(Error::archive(
+                    &self.output,
+                    format!(
+                        "internal error: obs covers {} rows, matrix has {}",
+                        obs.num_rows(),
+                        self.rows
+                    ),
+                ));
+            }
+            obs.write(&dir)?;
+            sync_files(&dir.join(OBS_DIR))?;
         }
-        sync_dir(&fdir)?;
         fault::at(Step::Features, &self.output)?;
         write_synced_bytes(&dir.join(FileNames::HEADER), &self.header(&fdir)?)?;
         sync_dir(&dir)?;
@@ -321,18 +339,51 @@ impl ArchiveWriter {
                     dtype: self.widths.col_ptr,
                 },
             ],
-            &[header::FeatureIndexEntry {
-                name: FileNames::FEATURES.into(),
-                length: self.rows,
-                files: feature_files(fdir)?,
-            }],
+            &self.feature_index_entries(fdir)?,
         ))
+    }
+
+    /// header.sch's feature indexes: the var features, and obs_features when there is obs.
+    fn feature_index_entries(&self, fdir: &Path) -> Result<Vec<header::FeatureIndexEntry>> {
+        let mut out = vec![header::FeatureIndexEntry {
+            name: FileNames::FEATURES.into(),
+            length: self.rows,
+            files: feature_files(fdir, FileNames::FEATURES)?,
+        }];
+        if self.obs.is_some() {
+            out.push(header::FeatureIndexEntry {
+                name: OBS_DIR.into(),
+                length: self.rows,
+                files: feature_files(&self.tmp.path.join(OBS_DIR), OBS_DIR)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Opens the sealed directory as `Archive::open` would open the published one (every file,
     /// row_ptr checked, every parquet block read back) and checks it holds what was written.
     fn validate(&self, features: &FeatureIndex) -> Result<()> {
         let a = super::Archive::open(&self.tmp.path).map_err(|e| self.rebase_error(e))?;
+        if let Some(obs) = &self.obs {
+            let back = ObsIndex::read(&self.tmp.path).map_err(|e| self.rebase_error(e))?;
+            // Shapes, names and kinds (values hold NaN, which equality would call changed).
+            let shape = |o: &ObsIndex| -> Vec<(u64, Vec<(String, &'static str)>)> {
+                o.index
+                    .blocks
+                    .iter()
+                    .map(|b| {
+                        let cols = b.frame.columns.iter();
+                        (b.rows, cols.map(|(n, c)| (n.clone(), c.kind())).collect())
+                    })
+                    .collect()
+            };
+            if back.as_ref().map(shape) != Some(shape(obs)) {
+                return Err(Error::archive(
+                    &self.output,
+                    "internal error: obs_features/ does not read back as written",
+                ));
+            }
+        }
         let blocks = a.features.blocks.len();
         if a.num_rows != self.rows || a.nnz != self.nnz || blocks != features.blocks.len() {
             return Err(Error::archive(
@@ -464,20 +515,24 @@ mod fault {
 use fault::Step;
 pub use fault::{Step as WriterStep, ENV as WRITER_FAULT_ENV};
 
-fn feature_files(fdir: &Path) -> Result<Vec<String>> {
+/// The files of feature directory `fdir`, as `NAME/file` paths, sorted.
+fn feature_files(fdir: &Path, name: &str) -> Result<Vec<String>> {
     let mut names: Vec<String> = fs::read_dir(fdir)
         .at(fdir)?
         .filter_map(|e| e.ok())
-        .map(|e| {
-            format!(
-                "{}/{}",
-                FileNames::FEATURES,
-                e.file_name().to_string_lossy()
-            )
-        })
+        .map(|e| format!("{name}/{}", e.file_name().to_string_lossy()))
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// fsyncs every file of `dir`, then `dir`.
+fn sync_files(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).at(dir)? {
+        let p = entry.at(dir)?.path();
+        File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
+    }
+    sync_dir(dir)
 }
 
 fn write_synced(path: &Path, text: &str) -> Result<()> {

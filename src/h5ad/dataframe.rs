@@ -1,4 +1,4 @@
-//! Reading AnnData dataframes (var, raw/var): the index (gene ids) and every column, in the
+//! Reading AnnData dataframes (var, raw/var, obs): the index (gene or cell ids) and every column, in the
 //! encodings anndata has used: string arrays, numeric arrays, categoricals, nullable integers,
 //! booleans and strings, and the compound datasets of files written before anndata 0.7.
 
@@ -31,6 +31,30 @@ impl Column {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The kind's name, for messages and `scdl-fs info`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Column::Str(_) => "string",
+            Column::Int(_) => "int64",
+            Column::UInt(_) => "uint64",
+            Column::Float(_) => "float64",
+            Column::Bool(_) => "bool",
+        }
+    }
+
+    /// Appends `more`, which must be of the same kind (else it is given back).
+    pub fn extend(&mut self, more: Column) -> Result<(), Column> {
+        match (self, more) {
+            (Column::Str(a), Column::Str(b)) => a.extend(b),
+            (Column::Int(a), Column::Int(b)) => a.extend(b),
+            (Column::UInt(a), Column::UInt(b)) => a.extend(b),
+            (Column::Float(a), Column::Float(b)) => a.extend(b),
+            (Column::Bool(a), Column::Bool(b)) => a.extend(b),
+            (_, other) => return Err(other),
+        }
+        Ok(())
     }
 }
 

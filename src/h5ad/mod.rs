@@ -166,6 +166,23 @@ impl H5ad {
         Ok(df)
     }
 
+    /// Reads `/obs`, which must describe each of the matrix's `rows` rows (a file without one
+    /// gets a positional index, as anndata does). `raw` shares the file's obs.
+    pub fn obs(&self, rows: u64) -> Result<DataFrame> {
+        let df = if self.has("obs") {
+            dataframe::read(self, "/obs")?
+        } else {
+            DataFrame::positional(rows)
+        };
+        if df.len() as u64 != rows {
+            return Err(self.error(
+                "/obs",
+                format!("has {} rows but the matrix has {rows} rows", df.len()),
+            ));
+        }
+        Ok(df)
+    }
+
     pub(crate) fn file(&self) -> &hdf5::File {
         &self.file
     }

@@ -11,6 +11,7 @@ Writes OUT/ with data.npy (raw little-endian values, no npy header), col_ptr.npy
 uint32 and uint64, bionemo-scdl 0.0.5's layout; narrow: the smallest unsigned type holding the largest
 column index and the number of values, bionemo-scdl 0.1.3's smallest_uint_dtype), dtypes.json, metadata.json {"num_rows": N}, version.json and features/ (one block per source:
 dataframe_<i>.parquet with a feature_id column of var ids, cumulative_sum_index.npy, labels.npy, version.npy).
+obs_features/ holds the sources' obs by the same layout (one block per source, the obs index first as a column).
 --header also writes header.sch (bionemo-scdl 0.1.3's binary header, which 0.1.3 reads the dtypes from).
 Sources are read exactly as verify.py reads them.
 """
@@ -25,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from verify import list_sources, read_source, smallest_uint  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from verify import expected_obs_columns, list_sources, read_source, smallest_uint  # noqa: E402
 
 SCDL_VERSION = "0.1.3"
 # bionemo-scdl 0.1.3 header: ArrayDType enum (no signed integers), schema version 0.1.0, backend MEMMAP_V0 = 1
@@ -80,6 +82,18 @@ def convert(out, sources, data_dtype, header, index_dtypes="wide"):
     np.save(os.path.join(fdir, "cumulative_sum_index.npy"), np.array(csum, dtype=np.int64))
     np.save(os.path.join(fdir, "labels.npy"), np.array([os.path.abspath(s.path) for s in sources], dtype=str))
     np.save(os.path.join(fdir, "version.npy"), np.array(SCDL_VERSION))
+
+    odir = os.path.join(out, "obs_features")
+    os.makedirs(odir)
+    csum = [-1]
+    for i, s in enumerate(sources):
+        cols = expected_obs_columns(s.obs, "all")
+        pa.table({n: pa.array(v) for n, v in cols}).to_pandas().to_parquet(
+            os.path.join(odir, f"dataframe_{i:0{width}d}.parquet"), index=False)
+        csum.append(max(csum[-1], 0) + s.n_rows)
+    np.save(os.path.join(odir, "cumulative_sum_index.npy"), np.array(csum, dtype=np.int64))
+    np.save(os.path.join(odir, "labels.npy"), np.array([os.path.abspath(s.path) for s in sources], dtype=str))
+    np.save(os.path.join(odir, "version.npy"), np.array(SCDL_VERSION))
 
     if header:
         name = np.dtype(data_dtype).name

@@ -279,6 +279,21 @@ def no_dtypes(a):
     os.remove(a / "dtypes.json")
 
 
+def wrong_obs_value(a):
+    import pandas as pd
+
+    p = a / "obs_features" / "dataframe_0.parquet"
+    df = pd.read_parquet(p)
+    df.loc[3, "cell_type"] = "not-a-cell-type"
+    df.to_parquet(p, index=False)
+
+
+def no_obs(a):
+    import shutil
+
+    shutil.rmtree(a / "obs_features")
+
+
 CORRUPTIONS = {
     "value": (flip_value, ("raw", "0.0.5", "0.1.3")),
     "column": (flip_column, ("raw", "0.0.5", "0.1.3")),
@@ -289,6 +304,8 @@ CORRUPTIONS = {
     "block_rows": (wrong_block_rows, ("raw", "0.0.5", "0.1.3")),
     "dtypes_json": (no_dtypes, ("raw",)),
     "parquet": (garbage_parquet, ("raw", "0.0.5", "0.1.3")),
+    "obs_value": (wrong_obs_value, ("raw", "0.1.3")),
+    "obs_missing": (no_obs, ("raw",)),
 }
 
 

@@ -93,6 +93,34 @@ class Source:
         self.ids = as_strings(ids)
         if len(self.ids) != self.n_vars:
             raise ValueError(f"{path}: {len(self.ids)} var ids for {self.n_vars} columns")
+        self.obs = None  # pandas DataFrame of the cells, when it could be read
+
+
+def legacy_obs_index_only(path, obs):
+    """A pre-0.7 file's obs is one compound dataset: by the contract (docs/FORMAT.md) only its index is
+    carried over, as for var."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        legacy = "obs" in f and isinstance(f["obs"], h5py.Dataset)
+    return obs[[]] if legacy and obs is not None else obs
+
+
+def read_obs(path):
+    """The source's obs as anndata reads it (None when anndata cannot read the file's obs)."""
+    import anndata as ad
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "obs" not in f:
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obs = ad.io.read_elem(f["obs"])
+    except Exception:  # noqa: BLE001  legacy layouts: obs is not checked
+        return None
+    return legacy_obs_index_only(path, obs)
 
 
 def list_sources(paths):
@@ -154,7 +182,9 @@ def read_with_anndata(path, matrix):
 
     indptr, indices, data, n = csr_arrays(M)
     which = "raw.X" if matrix == "raw" else matrix
-    return Source(path, which, indptr, indices, data, n, list(ids), "anndata", dense=not sp.issparse(M))
+    src = Source(path, which, indptr, indices, data, n, list(ids), "anndata", dense=not sp.issparse(M))
+    src.obs = legacy_obs_index_only(path, a.obs)
+    return src
 
 
 def h5_var_ids(node):
@@ -207,7 +237,9 @@ def read_with_h5py(path, matrix):
                 raise ValueError(f"{path}: unknown sparse format {fmt!r}")
             n = shape[1]
     which = "raw.X" if matrix == "raw" else matrix
-    return Source(path, which, indptr, indices, data, n, ids, "h5py", dense=dense)
+    src = Source(path, which, indptr, indices, data, n, ids, "h5py", dense=dense)
+    src.obs = read_obs(path)
+    return src
 
 
 def read_source(path, matrix):
@@ -427,7 +459,92 @@ def match_blocks(blocks, sources):
     return out
 
 
-def check_raw(archive, exp):
+# =========================================================================================== obs
+def norm(v):
+    """A value as compared: missing (None, NaN, pd.NA) -> None, numbers -> float, bytes -> str."""
+    import pandas as pd
+
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return None if np.isnan(v) else float(v)
+    return str(v)
+
+
+def expected_obs_columns(obs, choice):
+    """[(name, values)] of the obs the archive should keep for one source, by the contract: the index
+    first, as a column named after it (`_index` when unnamed; suffixed `_index` while it clashes with a
+    column, left out if a column of that name already holds it), then the chosen columns in order."""
+    name = obs.index.name if obs.index.name not in (None, "", "_index", "index") else "_index"
+    index = [norm(v) for v in obs.index]
+    cols = list(obs.columns) if choice == "all" else [c for c in choice.split(",") if c in obs.columns]
+    out = []
+    if not any(c == name and [norm(v) for v in obs[c]] == index for c in cols):
+        while name in obs.columns:
+            name += "_index"
+        out.append((name, index))
+    for c in cols:
+        out.append((str(c), [norm(v) for v in obs[c].astype(object)]))
+    return out
+
+
+def expected_obs_rows(sources, choice):
+    """Per row of the archive: [(column, value)], or None when a source's obs could not be read."""
+    rows = []
+    for s in sources:
+        if s.obs is None:
+            return None
+        cols = expected_obs_columns(s.obs, choice)
+        for i in range(s.n_rows):
+            rows.append([(n, v[i]) for n, v in cols])
+    return rows
+
+
+def check_obs_raw(archive, exp, choice):
+    """obs_features/ read with pyarrow: a feature-index layout (cumulative_sum_index.npy from -1, labels,
+    version, dataframe_<i>.parquet) whose concatenated rows are the sources' obs rows."""
+    import pyarrow.parquet as pq
+
+    odir = os.path.join(archive, "obs_features")
+    if choice == "none":
+        if os.path.exists(odir):
+            raise Mismatch("obs_features/ exists although --obs none")
+        return "no obs (as asked)"
+    want = expected_obs_rows(exp.sources, choice)
+    if want is None:
+        return "obs not checked (a source's obs is not readable by anndata)"
+    if not os.path.isdir(odir):
+        raise Mismatch("obs_features/ missing")
+    csum = np.load(os.path.join(odir, "cumulative_sum_index.npy"), allow_pickle=False)
+    labels = np.load(os.path.join(odir, "labels.npy"), allow_pickle=False)
+    np.load(os.path.join(odir, "version.npy"), allow_pickle=False)
+    names = sorted(f for f in os.listdir(odir) if f.endswith(".parquet"))
+    if csum.dtype != np.int64 or csum[0] != -1 or len(csum) != len(names) + 1 or labels.shape != (len(names),):
+        raise Mismatch(f"obs_features/: cumulative_sum_index {csum.tolist()[:6]}, {len(names)} parquet files, "
+                       f"labels {labels.shape}")
+    got = []
+    for i, f in enumerate(names):
+        t = pq.read_table(os.path.join(odir, f))
+        if t.num_rows != int(csum[i + 1]) - max(int(csum[i]), 0):
+            raise Mismatch(f"obs_features/{f}: {t.num_rows} rows, cumulative_sum_index says "
+                           f"{int(csum[i + 1]) - max(int(csum[i]), 0)}")
+        cols = {c: t.column(c).to_pylist() for c in t.column_names}
+        for r in range(t.num_rows):
+            got.append([(c, norm(cols[c][r])) for c in t.column_names])
+    if len(got) != len(want):
+        raise Mismatch(f"obs_features/ has {len(got)} rows, expected {len(want)}")
+    for r, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            raise Mismatch(f"obs row {r}: {g[:6]} != expected {w[:6]}")
+    n_cols = sorted({len(w) for w in want})
+    return f"obs {len(got)} rows x {'/'.join(map(str, n_cols))} columns in {len(names)} block(s)"
+
+
+def check_raw(archive, exp, obs_choice="all"):
     """Reader 'raw': headerless little-endian arrays + dtypes.json, metadata.json, version.json, features/."""
     for f in ("data.npy", "col_ptr.npy", "row_ptr.npy", "dtypes.json", "metadata.json", "version.json", "features"):
         if not os.path.exists(os.path.join(archive, f)):
@@ -473,6 +590,8 @@ def check_raw(archive, exp):
              f"{len(groups)} feature block(s), ids in column {'/'.join(sorted(id_cols)) or '-'}"]
     if changed:
         notes.append(f"column order differs from the source in {changed} row(s) (compared sorted)")
+    if obs_choice is not None:  # None: obs not checked (a mount that does not list obs_features/)
+        notes.append(check_obs_raw(archive, exp, obs_choice))
     return ", ".join(notes)
 
 
@@ -490,8 +609,8 @@ class BionemoReader:
     """One bionemo-scdl version reading a temporary copy of the archive in its own process. Started before
     the sources are read, so that its (slow) imports overlap with ours."""
 
-    def __init__(self, version, archive, tmp):
-        self.version, self.archive = version, archive
+    def __init__(self, version, archive, tmp, obs_choice="all"):
+        self.version, self.archive, self.obs_choice = version, archive, obs_choice
         target = os.path.join(venv_dir(), f"bionemo-{version}")
         if not os.path.isdir(target):
             die(f"{target} missing; run scripts/test-env.sh")
@@ -540,7 +659,24 @@ class BionemoReader:
         got = np.load(self.out)
         changed = compare_csr(got["indptr"], got["indices"], got["data"], exp, rows=rows)
         note = f", column order differs in {changed} row(s)" if changed else ""
+        if "obs" in res:
+            note += self.judge_obs(exp, rows, res["obs"])
         return "PASS", f"{what} via get_row, number_of_rows {exp.n_rows}, number_nonzero_values {exp.nnz}{note}"
+
+    def judge_obs(self, exp, rows, got):
+        """bionemo 0.1.3's get_row(i, return_obs_features=True) values against the sources' obs."""
+        if self.obs_choice == "none":
+            if any(g for g in got):
+                raise Mismatch("get_row returned obs features although --obs none")
+            return ""
+        want = expected_obs_rows(exp.sources, self.obs_choice)
+        if want is None:
+            return ", obs not checked"
+        for r, g in zip(rows, got):
+            w = [v for _, v in want[int(r)]]
+            if g != w:
+                raise Mismatch(f"row {int(r)}: get_row obs features {g[:6]} != expected {w[:6]}")
+        return f", obs features of {len(got)} rows via get_row(return_obs_features=True)"
 
     def dtype_hint(self):
         try:
@@ -571,10 +707,16 @@ def bionemo_child(target, archive, out):
         print(json.dumps({"open_error": f"{type(e).__name__}: {e}"[:500]}))
         return
     ptr, ind, dat = [0], [], []
+    obs = []
+    # 0.1.3 keeps obs (0.0.5 has no such thing); without obs_features/ its lookup raises.
+    with_obs = hasattr(ds, "obs_features") and os.path.isdir(os.path.join(archive, "obs_features"))
     r = None
     try:
         for r in bionemo_rows(res["number_of_rows"])[0]:
             # 0.0.5: get_row -> ((values, cols), features); 0.1.3: ((values, cols), var_features, obs_features)
+            if with_obs:
+                got = ds.get_row(int(r), return_obs_features=True)
+                obs.append([norm(v) for v in (got[2] or [])])
             values, cols = ds.get_row(int(r))[0]
             ind.append(np.asarray(cols).astype(np.int64))
             dat.append(np.asarray(values).astype(np.float64))
@@ -583,6 +725,8 @@ def bionemo_child(target, archive, out):
         res["row_error"] = f"row {r}: get_row raised {type(e).__name__}: {e}"[:500]
     np.savez(out, indptr=np.asarray(ptr, np.int64), indices=np.concatenate(ind + [np.zeros(0, np.int64)]),
              data=np.concatenate(dat + [np.zeros(0)]))
+    if with_obs and "row_error" not in res:
+        res["obs"] = obs
     print(json.dumps(res))
 
 
@@ -599,6 +743,7 @@ def main(argv=None):
     ap.add_argument("--readers", default="raw," + ",".join(BIONEMO_VERSIONS))
     ap.add_argument("--data-dtype", default=None)
     ap.add_argument("--index-dtypes", choices=("narrow", "wide"), default="narrow")
+    ap.add_argument("--obs", default="all", help="the --obs the archive was converted with: all, none or COL,...")
     args = ap.parse_args(argv)
     if args.matrix not in ("auto", "X", "raw") and not re.fullmatch(r"layers/.+", args.matrix):
         ap.error(f"--matrix must be auto, X, raw or layers/NAME, not {args.matrix!r}")
@@ -618,12 +763,12 @@ def main(argv=None):
         try:
             for r in readers:
                 if r != "raw":
-                    bionemo[r] = BionemoReader(r, args.archive, tmp)
+                    bionemo[r] = BionemoReader(r, args.archive, tmp, args.obs)
             exp = Expected([read_source(p, args.matrix) for p in source_paths], data_dtype, args.index_dtypes)
             for reader in readers:
                 try:
                     if reader == "raw":
-                        status, detail = "PASS", check_raw(args.archive, exp)
+                        status, detail = "PASS", check_raw(args.archive, exp, args.obs)
                     else:
                         status, detail = bionemo[reader].result(exp)
                 except Mismatch as m:
