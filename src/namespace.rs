@@ -765,18 +765,23 @@ impl Namespace {
         let result = if inputs.len() != sources.len() {
             Err(crate::Error::Usage("a source name is not valid".into()))
         } else {
+            // The mount's index widths (--index-dtypes) apply to its concats too.
+            let opts = crate::concat::ConcatOptions {
+                data_dtype: None,
+                allow_lossy: false,
+                index_dtypes: self.options.convert.index_dtypes,
+            };
             match &self.options.converter {
                 Some(exe) => crate::isolate::concat_in_child(
                     exe,
                     &inputs,
                     &output,
-                    None,
-                    false,
+                    &opts,
                     &self.options.limits,
                     &self.options.confinement,
                     target.as_ref(),
                 ),
-                None => crate::concat::concat(&inputs, &output, None, false, target.as_ref())
+                None => crate::concat::concat_with(&inputs, &output, &opts, target.as_ref())
                     .map(|_| ()),
             }
             .and_then(|_| self.store.open_archive(&target.name))
