@@ -1,6 +1,8 @@
 //! Concatenation: several archives into one new archive, rows in order, each input's feature
 //! blocks kept (consecutive identical blocks merged, as bionemo-scdl 0.1.3 does).
 //!
+//! The result's index widths come from its shape (all values, the widest feature block), as
+//! for a conversion: concat widens when the result needs it and narrows wide inputs.
 //! Values and column indices are copied with large sequential copies (copy_file_range) when
 //! their types already match the result, else converted in bounded chunks with the same exact
 //! check as conversion; row_ptr is rebased in u64 (no 2^32 wrap). Inputs are only read; the
@@ -8,7 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::archive::{Archive, ArchiveWriter, WrittenArchive, ARCHIVE_VERSION};
+use crate::archive::{
+    Archive, ArchiveWriter, IndexDtypes, IndexWidths, WrittenArchive, ARCHIVE_VERSION,
+};
 use crate::convert::Progress;
 use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, Result};
@@ -55,12 +59,49 @@ pub fn rebase(entries: &[u64], base: u64) -> Option<Vec<u64>> {
     entries.iter().map(|&e| e.checked_add(base)).collect()
 }
 
-/// Concatenates `inputs` (archive directories, in order) into a new archive at `output`.
+/// The index widths of the concatenation of `archives`.
+pub fn result_widths(archives: &[Archive], index: IndexDtypes) -> IndexWidths {
+    let values = archives.iter().fold(0u64, |n, a| n.saturating_add(a.nnz));
+    let columns = archives
+        .iter()
+        .flat_map(|a| &a.features.blocks)
+        .map(|b| b.frame.num_vars)
+        .max()
+        .unwrap_or(0);
+    IndexWidths::for_shape(index, values, columns)
+}
+
+/// How a concatenation writes its result.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConcatOptions {
+    /// The result's data type (default: the inputs' common type, `result_dtype`).
+    pub data_dtype: Option<Dtype>,
+    pub allow_lossy: bool,
+    pub index_dtypes: IndexDtypes,
+}
+
+/// Concatenates `inputs` (archive directories, in order) into a new archive at `output`, with
+/// narrow index arrays.
 pub fn concat(
     inputs: &[PathBuf],
     output: &Path,
     data_dtype: Option<Dtype>,
     allow_lossy: bool,
+    progress: &dyn Progress,
+) -> Result<WrittenArchive> {
+    let opts = ConcatOptions {
+        data_dtype,
+        allow_lossy,
+        index_dtypes: IndexDtypes::Narrow,
+    };
+    concat_with(inputs, output, &opts, progress)
+}
+
+/// Concatenates `inputs` into a new archive at `output` as `opts` say.
+pub fn concat_with(
+    inputs: &[PathBuf],
+    output: &Path,
+    opts: &ConcatOptions,
     progress: &dyn Progress,
 ) -> Result<WrittenArchive> {
     check_inputs(inputs, output)?;
@@ -72,11 +113,13 @@ pub fn concat(
         .iter()
         .map(|a| (a.path.clone(), a.data_dtype))
         .collect();
-    let target = result_dtype(&kinds, data_dtype)?;
+    let target = result_dtype(&kinds, opts.data_dtype)?;
+    let widths = result_widths(&archives, opts.index_dtypes);
     let needed = crate::space::archive_bytes(
         archives.iter().map(|a| a.num_rows).sum(),
         archives.iter().map(|a| a.nnz).sum(),
         target,
+        widths,
         archives
             .iter()
             .flat_map(|a| &a.features.blocks)
@@ -93,11 +136,11 @@ pub fn concat(
         .sum();
     crate::space::ensure_room(output, needed.saturating_add(obs_bytes))?;
     progress.start(archives.iter().map(|a| a.num_rows).sum());
-    let mut writer = ArchiveWriter::create(output, target)?;
+    let mut writer = ArchiveWriter::create(output, target, widths)?;
     let obs = concat_obs(&archives)?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
     for a in &archives {
-        append_archive(&mut writer, a, allow_lossy, progress)?;
+        append_archive(&mut writer, a, opts.allow_lossy, progress)?;
         for b in &a.features.blocks {
             features.push(b.clone());
         }
@@ -168,7 +211,7 @@ fn append_archive(
     progress: &dyn Progress,
 ) -> Result<()> {
     let base = writer.nnz();
-    if a.data_dtype == writer.dtype() && a.col_dtype == Dtype::U32 {
+    if a.data_dtype == writer.dtype() && a.col_dtype == writer.widths().col_ptr {
         let (data, cols) = a.element_files();
         writer.copy_elements(data, cols, a.nnz)?;
     } else {
@@ -190,7 +233,8 @@ fn append_archive(
     Ok(())
 }
 
-/// Values converted from `S` to `T` (exactly unless `allow_lossy`), columns widened to u32.
+/// Values converted from `S` to `T` (exactly unless `allow_lossy`), columns in the result's
+/// width (the writer checks that each fits).
 fn append_converted<S: Element, T: Element>(
     writer: &mut ArchiveWriter,
     a: &Archive,
@@ -205,7 +249,7 @@ fn append_converted<S: Element, T: Element>(
             .chunks_exact(std::mem::size_of::<S>())
             .map(bytemuck::pod_read_unaligned)
             .collect();
-        let cols: Vec<u32> = a.cols(e, end)?.into_iter().map(|c| c as u32).collect();
+        let cols = columns_u32(a, e, end)?;
         out.clear();
         if let Err(i) = convert_into(&vals, &mut out, allow_lossy) {
             let element = e + i as u64;
@@ -221,6 +265,26 @@ fn append_converted<S: Element, T: Element>(
         e = end;
     }
     Ok(())
+}
+
+/// Column indices [a, b) of `archive` as u32 (SCDL's widest column index).
+fn columns_u32(archive: &Archive, a: u64, b: u64) -> Result<Vec<u32>> {
+    archive
+        .cols(a, b)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            u32::try_from(c).map_err(|_| {
+                Error::archive(
+                    &archive.path,
+                    format!(
+                        "col_ptr.npy: column index {c} of value {} exceeds uint32",
+                        a + i as u64
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,13 +6,19 @@
 //! a few blocks are in flight, so memory stays bounded whatever the input size. Files of a
 //! directory are streamed one after the other into the same archive, each becoming a feature
 //! block (merged with the previous one when their genes are identical).
+//!
+//! Everything that decides the archive's types is known once the sources are open, before the
+//! first byte is written: the index widths from the number of values and columns
+//! (`IndexWidths::for_shape`), the data type from the option (with `auto`, from a first pass
+//! that only reads the values, `exact_fit`).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use crate::archive::{ArchiveWriter, WrittenArchive, ARCHIVE_VERSION};
+use crate::archive::{ArchiveWriter, IndexDtypes, IndexWidths, WrittenArchive, ARCHIVE_VERSION};
 use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, IoContext, Result};
+use crate::exact_fit::ExactFit;
 use crate::features::{FeatureBlock, FeatureFrame, FeatureIndex};
 use crate::h5ad::{Block, H5ad, Layout, MatrixChoice};
 use crate::obs::{ObsChoice, ObsIndex};
@@ -24,6 +30,8 @@ pub enum DataDtypeChoice {
     /// The source's own type (signed integers become the unsigned type of the same width,
     /// since SCDL has no signed types; a negative value is then reported as a change).
     Keep,
+    /// The smallest archive type that stores every value exactly (`exact_fit`).
+    Auto,
     Fixed(Dtype),
 }
 
@@ -37,13 +45,15 @@ impl Default for DataDtypeChoice {
 impl std::str::FromStr for DataDtypeChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "keep" {
-            return Ok(DataDtypeChoice::Keep);
+        match s {
+            "keep" => return Ok(DataDtypeChoice::Keep),
+            "auto" => return Ok(DataDtypeChoice::Auto),
+            _ => {}
         }
         match Dtype::from_numpy(s) {
             Some(d) if d.is_archive_data_type() => Ok(DataDtypeChoice::Fixed(d)),
             _ => Err(format!(
-                "unsupported data dtype '{s}': expected float16, float32, float64, uint8, uint16, uint32, uint64 or keep"
+                "unsupported data dtype '{s}': expected float16, float32, float64, uint8, uint16, uint32, uint64, keep or auto"
             )),
         }
     }
@@ -54,6 +64,7 @@ pub struct ConvertOptions {
     pub matrix: MatrixChoice,
     pub data_dtype: DataDtypeChoice,
     pub allow_lossy: bool,
+    pub index_dtypes: IndexDtypes,
     /// Which obs columns go into `obs_features/` (the index always, unless none).
     pub obs: crate::obs::ObsChoice,
     /// Lower this process's file-size limit to the computed output size before writing (for
@@ -161,33 +172,48 @@ pub fn convert_labelled(
     }
     // Everything is checked before anything is written, cheapest first: the declared shapes
     // (is there room for the output?), then whether the file really holds the data it
-    // declares, then the var dataframes, which are read whole.
+    // declares, then (for --data-dtype auto) its values, then the var dataframes, which are
+    // read whole. The index widths follow from the shapes alone.
     let sources = files
         .iter()
         .map(|f| Source::open(f, &opts.matrix))
         .collect::<Result<Vec<_>>>()?;
     let total_rows: u64 = sources.iter().map(|s| s.rows).sum();
+    let widths = index_widths(&sources, opts.index_dtypes);
+    // None: --data-dtype auto, decided once the values are known to be stored in the file.
     let target = match opts.data_dtype {
-        DataDtypeChoice::Fixed(d) => d,
+        DataDtypeChoice::Fixed(d) => Some(d),
         DataDtypeChoice::Keep => sources
             .iter()
             .map(|s| s.dtype.unsigned_counterpart())
             .reduce(promote)
-            .unwrap_or(Dtype::F32),
+            .or(Some(Dtype::F32)),
+        DataDtypeChoice::Auto => None,
     };
-    let mut needed = disk_bytes(&sources, target);
-    if opts.obs != ObsChoice::None {
-        // obs_features/ holds what the inputs' obs hold: their files' sizes bound it.
-        let inputs: u64 = files
+    // obs_features/ holds what the inputs' obs hold: their files' sizes bound it.
+    let obs_bytes: u64 = match opts.obs {
+        ObsChoice::None => 0,
+        _ => files
             .iter()
             .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-            .sum();
-        needed = needed.saturating_add(inputs);
+            .sum(),
+    };
+    let needed_for = |t: Dtype| disk_bytes(&sources, t, widths).saturating_add(obs_bytes);
+    if let Some(t) = target {
+        crate::space::ensure_room(output, needed_for(t))?;
     }
-    crate::space::ensure_room(output, needed)?;
     for s in &sources {
         s.h5.matrix(&s.matrix)?.check_backed_by_storage()?;
     }
+    let target = match target {
+        Some(t) => t,
+        None => {
+            let t = smallest_exact_dtype(&sources)?;
+            crate::space::ensure_room(output, needed_for(t))?;
+            t
+        }
+    };
+    let needed = needed_for(target);
     let frames = sources
         .iter()
         .map(|s| Ok(FeatureFrame::from_var(s.h5.dataframe(&s.var, s.cols)?)))
@@ -197,7 +223,7 @@ pub fn convert_labelled(
         crate::space::cap_file_size(needed.saturating_add(needed / 16 + (64 << 20)))?;
     }
     progress.start(total_rows);
-    let mut writer = ArchiveWriter::create(output, target)?;
+    let mut writer = ArchiveWriter::create(output, target, widths)?;
     let scratch = writer.scratch_dir()?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
     for ((s, frame), label) in sources.into_iter().zip(frames).zip(labels) {
@@ -266,15 +292,43 @@ impl Source {
     }
 }
 
+/// The index widths of `sources` stacked, from the most values they can hold (a dense source's
+/// non-zeros are only counted while it is converted) and their widest feature block.
+fn index_widths(sources: &[Source], index: IndexDtypes) -> IndexWidths {
+    let values = sources
+        .iter()
+        .fold(0u64, |n, s| n.saturating_add(s.max_values));
+    let columns = sources.iter().map(|s| s.cols).max().unwrap_or(0);
+    IndexWidths::for_shape(index, values, columns)
+}
+
+/// `--data-dtype auto`: one pass over every source's values (nothing else is read).
+fn smallest_exact_dtype(sources: &[Source]) -> Result<Dtype> {
+    let mut fit = ExactFit::default();
+    for s in sources {
+        let m = s.h5.matrix(&s.matrix)?;
+        with_element_type!(s.dtype, S => m.for_each_value_block::<S>(&mut |vals| {
+            fit.observe(vals);
+            Ok(())
+        })?);
+    }
+    fit.smallest().ok_or_else(|| {
+        Error::Usage(
+            "--data-dtype auto: no SCDL data type holds every value exactly (negative integers beyond 2^53); choose one with --data-dtype and --allow-lossy".into(),
+        )
+    })
+}
+
 /// The most disk the conversion of `sources` into `target` takes at once, known before a byte
 /// is written: the archive, plus a CSC input's transpose scratch (12 bytes of row and column
 /// and the value, per value), which exists while the archive is being written.
-fn disk_bytes(sources: &[Source], target: Dtype) -> u64 {
+fn disk_bytes(sources: &[Source], target: Dtype, widths: IndexWidths) -> u64 {
     let sum = |f: fn(&Source) -> u64| sources.iter().map(f).fold(0u64, u64::saturating_add);
     let archive = crate::space::archive_bytes(
         sum(|s| s.rows),
         sum(|s| s.max_values),
         target,
+        widths,
         sum(|s| s.cols),
         sources.len() as u64,
     );

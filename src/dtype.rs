@@ -155,6 +155,17 @@ impl Exact {
             (Exact::Int(a), Exact::Int(b)) => a == b,
             (Exact::Float(a), Exact::Float(b)) => a == b || (a.is_nan() && b.is_nan()),
             (Exact::Int(i), Exact::Float(f)) | (Exact::Float(f), Exact::Int(i)) => {
+                const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+                if (-TWO_63..TWO_63).contains(&f) {
+                    if let Ok(i) = i64::try_from(i) {
+                        // Both casts are exact where it matters and compile to single
+                        // instructions (the i128 ones below are library calls, the cost of
+                        // every checked float <-> integer conversion): `f as i64` truncates, so
+                        // it equals `i` only if `i` is f's integer part, and `i as f64` then
+                        // equals `f` only if `f` has no fractional part.
+                        return f as i64 == i && i as f64 == f;
+                    }
+                }
                 // 2^127 bounds every integer type we handle, so the cast below is exact
                 // whenever the comparison can succeed.
                 f.is_finite() && f.fract() == 0.0 && f.abs() < 1.7e38 && f as i128 == i
@@ -378,6 +389,63 @@ mod tests {
         // u64::MAX rounds to 2^64 in f32, which `as` saturates back to u64::MAX: still lossy.
         assert!(conv::<u64, f32>(u64::MAX).is_err());
         assert!(conv::<f64, f16>(70000.0).is_err());
+    }
+
+    #[test]
+    fn integer_float_comparison_agrees_with_the_i128_one() {
+        let reference = |i: i128, f: f64| {
+            f.is_finite() && f.fract() == 0.0 && f.abs() < 1.7e38 && f as i128 == i
+        };
+        let two53 = (1u64 << 53) as f64;
+        let floats = [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            255.0,
+            256.0,
+            -1.0,
+            two53,
+            two53 + 2.0,
+            -two53,
+            9_223_372_036_854_775_808.0,
+            -9_223_372_036_854_775_808.0,
+            18_446_744_073_709_551_616.0,
+            4_294_967_296.0,
+            1e30,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        let ints: Vec<i128> = [
+            0i128,
+            1,
+            -1,
+            255,
+            256,
+            1 << 53,
+            (1 << 53) + 1,
+            i64::MAX as i128,
+            i64::MIN as i128,
+            u64::MAX as i128,
+            1 << 63,
+            4_294_967_296,
+        ]
+        .into_iter()
+        .chain(floats.iter().filter(|f| f.is_finite()).map(|&f| f as i128))
+        .collect();
+        for &f in &floats {
+            for &i in &ints {
+                assert_eq!(
+                    Exact::Int(i).same_as(Exact::Float(f)),
+                    reference(i, f),
+                    "{i} vs {f}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -267,7 +267,12 @@ fn write_parquet(path: &Path, frame: &FeatureFrame) -> Result<()> {
             .map_err(|e| Error::archive(path, e.to_string()))?
     };
     let file = fs::File::create(path).at(path)?;
-    let mut w = ArrowWriter::try_new(file, schema, None).map_err(fail)?;
+    // Snappy, as pandas writes them (what bionemo-scdl's own parquet files use): a block of
+    // 200,000 cell ids takes 1.2 MB instead of 2.9 MB.
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(fail)?;
     w.write(&batch).map_err(fail)?;
     w.close().map_err(fail)?;
     Ok(())

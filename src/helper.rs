@@ -106,7 +106,8 @@ pub fn mount_args(args: &[OsString]) -> Result<Vec<OsString>, String> {
             ("ro", None) => out.push("--read-only".into()),
             ("no_io_uring", None) => out.push("--no-io-uring".into()),
             (
-                "threads" | "conversions" | "data_dtype" | "matrix" | "writers" | "worker_user",
+                "threads" | "conversions" | "data_dtype" | "index_dtypes" | "matrix" | "writers"
+                | "worker_user",
                 Some(v),
             ) if !v.is_empty() => {
                 out.push(format!("--{}", key.replace('_', "-")).into());

@@ -66,6 +66,7 @@ fn matrix_arg(m: &MatrixChoice) -> String {
 fn dtype_arg(d: DataDtypeChoice) -> String {
     match d {
         DataDtypeChoice::Keep => "keep".into(),
+        DataDtypeChoice::Auto => "auto".into(),
         DataDtypeChoice::Fixed(d) => d.name().into(),
     }
 }
@@ -517,6 +518,8 @@ pub fn convert_in_child(
         matrix_arg(&opts.matrix).into(),
         "--data-dtype".into(),
         dtype_arg(opts.data_dtype).into(),
+        "--index-dtypes".into(),
+        opts.index_dtypes.name().into(),
     ]);
     if opts.allow_lossy {
         args.push("--allow-lossy".into());
@@ -533,13 +536,11 @@ pub fn convert_in_child(
 
 /// Concatenates archives `inputs` into `output` in a confined child process (`concat-worker`),
 /// as `concat::concat` does in-process.
-#[allow(clippy::too_many_arguments)]
 pub fn concat_in_child(
     exe: &Path,
     inputs: &[PathBuf],
     output: &Path,
-    data_dtype: Option<crate::dtype::Dtype>,
-    allow_lossy: bool,
+    opts: &crate::concat::ConcatOptions,
     limits: &Limits,
     confinement: &Confinement,
     progress: &dyn Progress,
@@ -566,12 +567,13 @@ pub fn concat_in_child(
     for i in 0..inputs.len() {
         args.extend(["--input".into(), fd_path(WorkerJob::input_fd(i)).into()]);
     }
-    if let Some(d) = data_dtype {
+    if let Some(d) = opts.data_dtype {
         args.extend(["--data-dtype".into(), d.name().into()]);
     }
-    if allow_lossy {
+    if opts.allow_lossy {
         args.push("--allow-lossy".into());
     }
+    args.extend(["--index-dtypes".into(), opts.index_dtypes.name().into()]);
     job.args = args;
     let outcome = run_worker(exe, &job, progress)?;
     if !outcome.status.success() {
@@ -749,19 +751,11 @@ pub fn worker_main(
 pub fn concat_worker_main(
     inputs: &[PathBuf],
     output: &Path,
-    data_dtype: Option<crate::dtype::Dtype>,
-    allow_lossy: bool,
+    opts: &crate::concat::ConcatOptions,
     grants: &WorkerGrants,
 ) -> Result<()> {
     confine_worker(grants)?;
-    crate::concat::concat(
-        inputs,
-        output,
-        data_dtype,
-        allow_lossy,
-        &PipeProgress::new(),
-    )
-    .map(|_| ())
+    crate::concat::concat_with(inputs, output, opts, &PipeProgress::new()).map(|_| ())
 }
 
 /// The probe's entry point: confines itself, reports the layers, and writes (then removes) one

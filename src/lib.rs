@@ -27,6 +27,7 @@ pub mod confine;
 pub mod convert;
 pub mod dtype;
 pub mod error;
+pub mod exact_fit;
 pub mod features;
 pub mod fuse;
 pub mod h5ad;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use scdl_fs::archive::Archive;
+use scdl_fs::archive::{Archive, IndexDtypes};
+use scdl_fs::concat::ConcatOptions;
 use scdl_fs::convert::{ConvertOptions, DataDtypeChoice, Progress};
 use scdl_fs::h5ad::MatrixChoice;
 use scdl_fs::mount::{self, MountOptions};
@@ -35,12 +36,17 @@ struct ConvertArgs {
     /// Which matrix: auto (raw.X if present, else X), X, raw, or layers/NAME.
     #[arg(long, default_value = "auto")]
     matrix: MatrixChoice,
-    /// Data type of data.npy: float16, float32, float64, uint8..uint64, or keep.
+    /// Data type of data.npy: float16, float32, float64, uint8..uint64, keep (the source's), or
+    /// auto (the smallest that stores every value exactly).
     #[arg(long, default_value = "float32")]
     data_dtype: DataDtypeChoice,
     /// Convert values that the data type cannot hold exactly instead of failing.
     #[arg(long)]
     allow_lossy: bool,
+    /// col_ptr.npy/row_ptr.npy: narrow (the smallest unsigned type holding every entry) or wide
+    /// (uint32/uint64, for readers that assume them).
+    #[arg(long, default_value = "narrow")]
+    index_dtypes: IndexDtypes,
     /// Per-cell metadata kept in obs_features/: all, none, or COL,COL,... (the obs index, the
     /// cell ids, is always kept as a column).
     #[arg(long, default_value = "all")]
@@ -53,6 +59,7 @@ impl ConvertArgs {
             matrix: self.matrix.clone(),
             data_dtype: self.data_dtype,
             allow_lossy: self.allow_lossy,
+            index_dtypes: self.index_dtypes,
             obs: self.obs.clone(),
             cap_file_size: false,
         }
@@ -146,6 +153,9 @@ enum Command {
         /// Data type of converted archives (as for convert).
         #[arg(long, default_value = "float32")]
         data_dtype: DataDtypeChoice,
+        /// Index types of converted archives: narrow or wide (as for convert).
+        #[arg(long, default_value = "narrow")]
+        index_dtypes: IndexDtypes,
         /// Which matrix dropped files are converted from (as for convert).
         #[arg(long, default_value = "auto")]
         matrix: MatrixChoice,
@@ -165,6 +175,9 @@ enum Command {
         /// Convert values the data type cannot hold exactly instead of failing.
         #[arg(long)]
         allow_lossy: bool,
+        /// col_ptr.npy/row_ptr.npy of the result: narrow or wide (as for convert).
+        #[arg(long, default_value = "narrow")]
+        index_dtypes: IndexDtypes,
         #[command(flatten)]
         worker: WorkerUserArg,
     },
@@ -187,6 +200,8 @@ enum Command {
         allow_lossy: bool,
         #[arg(long, default_value = "all")]
         obs: scdl_fs::obs::ObsChoice,
+        #[arg(long, default_value = "narrow")]
+        index_dtypes: IndexDtypes,
         #[command(flatten)]
         grants: GrantArgs,
     },
@@ -200,6 +215,8 @@ enum Command {
         data_dtype: Option<scdl_fs::dtype::Dtype>,
         #[arg(long)]
         allow_lossy: bool,
+        #[arg(long, default_value = "narrow")]
+        index_dtypes: IndexDtypes,
         #[command(flatten)]
         grants: GrantArgs,
     },
@@ -319,6 +336,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             no_io_uring,
             conversions,
             data_dtype,
+            index_dtypes,
             matrix,
             worker,
         } => {
@@ -335,6 +353,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                     matrix,
                     data_dtype,
                     allow_lossy: false,
+                    index_dtypes,
                     obs: scdl_fs::obs::ObsChoice::All,
                     cap_file_size: false,
                 },
@@ -374,17 +393,22 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             inputs,
             data_dtype,
             allow_lossy,
+            index_dtypes,
             worker,
         } => {
             let bar = progress_bar();
             let (exe, confinement) = worker_setup(&worker).map_err(failed)?;
             let limits = scdl_fs::isolate::Limits::default();
+            let opts = ConcatOptions {
+                data_dtype,
+                allow_lossy,
+                index_dtypes,
+            };
             scdl_fs::isolate::concat_in_child(
                 &exe,
                 &inputs,
                 &output,
-                data_dtype,
-                allow_lossy,
+                &opts,
                 &limits,
                 &confinement,
                 &bar,
@@ -405,6 +429,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             data_dtype,
             allow_lossy,
             obs,
+            index_dtypes,
             grants,
         } => {
             let opts = ConvertOptions {
@@ -412,6 +437,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 data_dtype,
                 allow_lossy,
                 obs,
+                index_dtypes,
                 // The worker's only job is this conversion: it may cap its own file sizes.
                 cap_file_size: true,
             };
@@ -426,15 +452,17 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             inputs,
             data_dtype,
             allow_lossy,
+            index_dtypes,
             grants,
-        } => scdl_fs::isolate::concat_worker_main(
-            &inputs,
-            &output,
-            data_dtype,
-            allow_lossy,
-            &grants.grants(),
-        )
-        .map_err(failed),
+        } => {
+            let opts = ConcatOptions {
+                data_dtype,
+                allow_lossy,
+                index_dtypes,
+            };
+            scdl_fs::isolate::concat_worker_main(&inputs, &output, &opts, &grants.grants())
+                .map_err(failed)
+        }
         Command::ConfineProbe { grants } => {
             scdl_fs::isolate::probe_main(&grants.grants()).map_err(failed)
         }

@@ -4,6 +4,7 @@
 //! byte range asked, so a read never costs more than the rows it touches.
 
 use crate::archive::Archive;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::h5ad::Column;
 use crate::npy;
@@ -251,6 +252,29 @@ pub(crate) fn zip_size(members: &[(&str, u64)]) -> u64 {
         + ZIP_END as u64
 }
 
+/// Column indices [a, a + nnz) as little-endian int32 (every column is below 2^31 here): uint32
+/// columns are already those bytes; narrower ones are read in one piece and widened.
+fn append_int32_columns(out: &mut Vec<u8>, archive: &Archive, a: u64, nnz: u64) -> Result<()> {
+    let width = archive.col_dtype;
+    if width == Dtype::U32 {
+        return append_read(out, nnz * 4, |buf| archive.read_cols_into(a, buf));
+    }
+    let mut raw = vec![0u8; (nnz * width.size() as u64) as usize];
+    archive.read_cols_into(a, &mut raw)?;
+    match width {
+        Dtype::U8 => out.extend(raw.iter().flat_map(|&c| (c as i32).to_le_bytes())),
+        Dtype::U16 => out.extend(
+            raw.chunks_exact(2)
+                .flat_map(|c| (u16::from_le_bytes([c[0], c[1]]) as i32).to_le_bytes()),
+        ),
+        // uint64 columns of a block narrower than 2^31 columns: each fits int32.
+        _ => out.extend(raw.chunks_exact(8).flat_map(|c| {
+            (u64::from_le_bytes(c.try_into().expect("8 bytes")) as i32).to_le_bytes()
+        })),
+    }
+    Ok(())
+}
+
 /// Exact size of `csr/<a>-<b>.npz`, computed from the row pointers only.
 pub fn npz_size(archive: &Archive, span: &RowSpan) -> Result<u64> {
     let (a, _) = archive.row_range(span.first)?;
@@ -283,16 +307,11 @@ pub fn npz(archive: &Archive, span: &RowSpan) -> Result<Vec<u8>> {
     let mut zip = ZipBuilder::with_capacity(size as usize);
     zip.member("indices.npy", |out| {
         out.extend_from_slice(&npy::header(if wide { "<i8" } else { "<i4" }, &[nnz]));
-        if !wide && archive.col_dtype == crate::dtype::Dtype::U32 {
-            // Columns below 2^31 stored as little-endian u32 are already the int32 bytes.
-            return append_read(out, nnz * 4, |buf| archive.read_cols_into(a, buf));
+        if !wide {
+            return append_int32_columns(out, archive, a, nnz);
         }
         for c in archive.cols(a, b)? {
-            if wide {
-                out.extend_from_slice(&(c as i64).to_le_bytes());
-            } else {
-                out.extend_from_slice(&(c as i32).to_le_bytes());
-            }
+            out.extend_from_slice(&(c as i64).to_le_bytes());
         }
         Ok(())
     })?;

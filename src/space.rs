@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use crate::archive::IndexWidths;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 
@@ -64,11 +65,18 @@ impl FsSpace {
     }
 }
 
-/// An upper bound of the bytes an archive of `rows` rows, `nnz` values of `data` and
-/// `features` features (over `blocks` feature blocks) takes on disk.
-pub fn archive_bytes(rows: u64, nnz: u64, data: Dtype, features: u64, blocks: u64) -> u64 {
-    let row_ptr = (rows as u128 + 1) * 8;
-    let elements = nnz as u128 * (4 + data.size() as u128);
+/// An upper bound of the bytes an archive of `rows` rows, `nnz` values of `data`, index arrays
+/// of `widths` and `features` features (over `blocks` feature blocks) takes on disk.
+pub fn archive_bytes(
+    rows: u64,
+    nnz: u64,
+    data: Dtype,
+    widths: IndexWidths,
+    features: u64,
+    blocks: u64,
+) -> u64 {
+    let row_ptr = (rows as u128 + 1) * widths.row_ptr.size() as u128;
+    let elements = nnz as u128 * (widths.col_ptr.size() + data.size()) as u128;
     let meta = features as u128 * BYTES_PER_FEATURE as u128
         + blocks as u128 * 4096
         + FIXED_OVERHEAD as u128;
@@ -185,14 +193,19 @@ mod tests {
 
     #[test]
     fn archive_bytes_counts_every_array_and_never_overflows() {
-        let b = archive_bytes(10, 100, Dtype::F32, 5, 1);
+        let wide = IndexWidths::WIDE;
+        let b = archive_bytes(10, 100, Dtype::F32, wide, 5, 1);
         assert!(b >= 11 * 8 + 100 * 8, "{b}");
+        // Narrow indices (uint8 columns and row offsets) take less.
+        let narrow = IndexWidths::for_shape(crate::archive::IndexDtypes::Narrow, 100, 5);
+        let n = archive_bytes(10, 100, Dtype::F32, narrow, 5, 1);
+        assert_eq!(b - n, 11 * 7 + 100 * 3);
         assert_eq!(
-            archive_bytes(u64::MAX, u64::MAX, Dtype::F64, 0, 1),
+            archive_bytes(u64::MAX, u64::MAX, Dtype::F64, wide, 0, 1),
             u64::MAX
         );
         // 2^40 rows: 8 TiB of row_ptr alone.
-        assert!(archive_bytes(1 << 40, 3, Dtype::F32, 4, 1) > 8 << 40);
+        assert!(archive_bytes(1 << 40, 3, Dtype::F32, wide, 4, 1) > 8 << 40);
     }
 
     #[test]

@@ -154,12 +154,14 @@ fn the_good_matrix_converts() {
     let out = c.dir.path().join("out");
     let o = scdl(&["convert", c.input.to_str().unwrap(), out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let row_ptr = std::fs::read(out.join("row_ptr.npy")).unwrap();
-    let row_ptr: Vec<u64> = row_ptr
-        .chunks(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    assert_eq!(row_ptr, vec![0, 2, 2, 3]);
+    // Three values: row offsets fit uint8 (docs/FORMAT.md, index widths).
+    let dtypes: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("dtypes.json")).unwrap()).unwrap();
+    assert_eq!(dtypes["row_ptr.npy"], "uint8");
+    assert_eq!(
+        std::fs::read(out.join("row_ptr.npy")).unwrap(),
+        [0, 2, 2, 3]
+    );
 }
 
 #[test]

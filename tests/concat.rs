@@ -143,6 +143,58 @@ fn data_types_widen_or_must_be_chosen() {
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
 
+fn index_dtypes(archive: &Path) -> (String, String) {
+    let o = scdl(&["info", archive.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let d = &info["dtypes"];
+    (d["col_ptr"].to_string(), d["row_ptr"].to_string())
+}
+
+#[test]
+fn index_widths_follow_the_result_not_the_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 30 genes, 242 values: uint8 columns and row offsets.
+    convert("csr_f32.h5ad", &d.join("small"), &[]);
+    // 500 genes, 35,000 values, written wide (uint32/uint64).
+    convert(
+        "large_csr_f32.h5ad",
+        &d.join("large"),
+        &["--index-dtypes", "wide"],
+    );
+    convert("csr_f32.h5ad", &d.join("small-copy"), &[]);
+    assert_eq!(
+        index_dtypes(&d.join("small")),
+        ("\"uint8\"".into(), "\"uint8\"".into())
+    );
+    let f = fixtures();
+    let (small, large) = (f.join("csr_f32.h5ad"), f.join("large_csr_f32.h5ad"));
+    for (extra, want) in [
+        (&[][..], ("\"uint16\"", "\"uint16\"")),
+        (
+            &["--index-dtypes", "wide"][..],
+            ("\"uint32\"", "\"uint64\""),
+        ),
+    ] {
+        let out = d.join(format!("joined{}", extra.len()));
+        let (a, b, c) = (d.join("small"), d.join("large"), d.join("small-copy"));
+        let mut args = vec!["concat", out.to_str().unwrap()];
+        args.extend([
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            c.to_str().unwrap(),
+        ]);
+        args.extend_from_slice(extra);
+        let o = scdl(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // The small inputs widen (uint8 -> uint16), the large one narrows (uint32 -> uint16).
+        assert_eq!(index_dtypes(&out), (want.0.into(), want.1.into()));
+        let v = verify(&out, &[&small, &large, &small], extra);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    }
+}
+
 /// An archive without obs among archives with obs: the result's obs would cover only some rows.
 #[test]
 fn obs_on_some_inputs_only_is_refused() {

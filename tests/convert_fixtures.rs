@@ -91,10 +91,87 @@ fixture_tests! {
     var_index_named_column: "var_index_named.h5ad", [], [];
     var_nullable_columns: "var_nullable.h5ad", [], [];
     directory_of_files: "dir", [], [];
+    wide_indices: "large_csr_f32.h5ad", ["--index-dtypes", "wide"], ["--index-dtypes", "wide"];
+    wide_directory: "dir", ["--index-dtypes", "wide"], ["--index-dtypes", "wide"];
+    auto_counts_in_float32: "csr_f32.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_counts_in_csc: "csc_f32.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_dense_counts: "dense_f32.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_dense_fractions: "dense_f64_frac.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_float16: "csr_f16.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_float64_source: "csr_f64.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_signed: "csr_i8.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_large_signed: "csr_i32.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_uint16: "csr_u16.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_uint32: "csr_u32.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_uint64_powers_of_two: "csr_u64.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_nan_and_inf: "csr_nan_inf.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_no_values: "csr_zero_nnz.h5ad", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
+    auto_layer: "layers_counts.h5ad", ["--data-dtype", "auto", "--matrix", "layers/counts"], ["--data-dtype", "auto", "--matrix", "layers/counts"];
+    auto_directory: "dir", ["--data-dtype", "auto"], ["--data-dtype", "auto"];
     obs_of_every_kind: "obs_rich.h5ad", [], [];
     obs_none: "obs_rich.h5ad", ["--obs", "none"], ["--obs", "none"];
     obs_chosen_columns: "obs_rich.h5ad", ["--obs", "donor,pct_mito,flag"], ["--obs", "donor,pct_mito,flag"];
     obs_of_a_legacy_file: "legacy_raw.h5ad", [], ["--matrix", "raw"];
+}
+
+/// A synthetic CSR input of `rows` x `cols` (bench/make_h5ad.py: float32 counts 1..49).
+fn synthetic(dir: &Path, rows: u32, cols: u32, density: &str) -> PathBuf {
+    let out = dir.join(format!("synthetic_{rows}x{cols}.h5ad"));
+    let o = std::process::Command::new(common::python())
+        .arg(common::repo().join("bench/make_h5ad.py"))
+        .arg(&out)
+        .args(["--rows", &rows.to_string(), "--cols", &cols.to_string()])
+        .args(["--density", density])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn info_json(archive: &Path) -> serde_json::Value {
+    let o = scdl(&["info", archive.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn more_values_and_genes_than_uint16_holds_widen_the_indices() {
+    // 70,000 genes (column indices past 65,535) and ~100,000 values (row offsets past 65,535).
+    let dir = tempfile::tempdir().unwrap();
+    let input = synthetic(dir.path(), 200, 70_000, "0.007");
+    for (args, data) in [
+        (&[][..], "float32"),
+        (&["--data-dtype", "auto"][..], "uint8"),
+    ] {
+        let (_out_dir, out) = convert(&input, args);
+        let info = info_json(&out);
+        assert_eq!(info["dtypes"]["col_ptr"], "uint32", "{info}");
+        assert_eq!(info["dtypes"]["row_ptr"], "uint32", "{info}");
+        assert_eq!(info["dtypes"]["data"], data, "{info}");
+        let o = verify(&out, &[&input], args);
+        assert!(
+            o.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn info_states_the_types_auto_chose() {
+    let (_dir, out) = convert(
+        &fixtures().join("large_csr_f32.h5ad"),
+        &["--data-dtype", "auto"],
+    );
+    let o = scdl(&["info", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    // 500 genes, 35,000 values, counts below 50.
+    assert!(
+        text.contains("dtypes    data uint8, col_ptr uint16, row_ptr uint16"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! the kernel's page cache. `ArchiveWriter` writes one atomically.
 
 pub mod header;
+pub mod widths;
 mod writer;
 
 use std::fs::{self, File};
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use std::os::unix::fs::FileExt;
 
+pub use widths::{IndexDtypes, IndexWidths};
 pub(crate) use writer::{publication_fault, rename_no_replace, sync_dir, write_synced_bytes};
 pub use writer::{
     temp_path_for, ArchiveWriter, SealedArchive, WriterStep, WrittenArchive, WRITER_FAULT_ENV,
@@ -141,14 +143,26 @@ fn read_dtypes(path: &Path) -> Result<(Dtype, Dtype, Dtype)> {
 }
 
 /// Decodes little-endian unsigned integers of `dtype` into `out`.
+/// (One loop per width, so that each is a plain widening loop.)
 fn decode_uints(bytes: &[u8], dtype: Dtype, out: &mut Vec<u64>) {
-    let s = dtype.size();
-    out.extend(bytes.chunks_exact(s).map(|b| match dtype {
-        Dtype::U8 => b[0] as u64,
-        Dtype::U16 => u16::from_le_bytes([b[0], b[1]]) as u64,
-        Dtype::U32 => u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64,
-        _ => u64::from_le_bytes(b.try_into().expect("8 bytes")),
-    }));
+    match dtype {
+        Dtype::U8 => out.extend(bytes.iter().map(|&b| b as u64)),
+        Dtype::U16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64),
+        ),
+        Dtype::U32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64),
+        ),
+        _ => out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        ),
+    }
 }
 
 impl Archive {

@@ -1,11 +1,16 @@
 //! Writing an archive atomically: everything goes into a temporary directory beside the output,
 //! is flushed and fsynced, and is renamed into place only when complete. Dropping an unfinished
 //! writer removes the temporary directory, so an error never leaves a partial archive.
+//!
+//! Column indices arrive as u32 and row ends as u64 and are written in the archive's index
+//! widths (`IndexWidths`, fixed at creation), each checked: an entry that does not fit is an
+//! error, never a wrap.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::widths::{unsigned_max, IndexWidths};
 use super::{header, FileNames, ARCHIVE_VERSION};
 use crate::dtype::{Dtype, Element};
 use crate::error::{Error, IoContext, Result};
@@ -21,6 +26,7 @@ pub struct WrittenArchive {
     pub rows: u64,
     pub nnz: u64,
     pub dtype: Dtype,
+    pub widths: IndexWidths,
 }
 
 /// A temporary directory removed on drop unless it was renamed into place.
@@ -41,9 +47,12 @@ pub struct ArchiveWriter {
     output: PathBuf,
     tmp: TempDir,
     dtype: Dtype,
+    widths: IndexWidths,
     data: BufWriter<File>,
     cols: BufWriter<File>,
     row_ptr: BufWriter<File>,
+    /// Column indices narrowed to `widths.col_ptr`, reused between appends.
+    narrowed: Vec<u8>,
     rows: u64,
     nnz: u64,
     obs: Option<ObsIndex>,
@@ -76,8 +85,9 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
 }
 
 impl ArchiveWriter {
-    /// Starts an archive that will appear at `output` with data type `dtype`.
-    pub fn create(output: &Path, dtype: Dtype) -> Result<ArchiveWriter> {
+    /// Starts an archive that will appear at `output` with data type `dtype` and index arrays
+    /// of `widths`.
+    pub fn create(output: &Path, dtype: Dtype, widths: IndexWidths) -> Result<ArchiveWriter> {
         if !dtype.is_archive_data_type() {
             return Err(Error::Usage(format!(
                 "SCDL archives cannot store {dtype} data (bionemo-scdl has no signed integer types)"
@@ -97,21 +107,22 @@ impl ArchiveWriter {
         };
         let data = create(&tmp.path.join(FileNames::DATA))?;
         let cols = create(&tmp.path.join(FileNames::COL_PTR))?;
-        let mut row_ptr = create(&tmp.path.join(FileNames::ROW_PTR))?;
-        row_ptr
-            .write_all(&0u64.to_le_bytes())
-            .at(tmp.path.join(FileNames::ROW_PTR))?;
-        Ok(ArchiveWriter {
+        let row_ptr = create(&tmp.path.join(FileNames::ROW_PTR))?;
+        let mut writer = ArchiveWriter {
             output: output.to_path_buf(),
             tmp,
             dtype,
+            widths,
             data,
             cols,
             row_ptr,
+            narrowed: Vec::new(),
             rows: 0,
             nnz: 0,
             obs: None,
-        })
+        };
+        writer.write_row_end(0)?;
+        Ok(writer)
     }
 
     /// A directory for scratch files (removed with the temporary directory).
@@ -138,43 +149,79 @@ impl ArchiveWriter {
         self.nnz
     }
 
+    pub fn widths(&self) -> IndexWidths {
+        self.widths
+    }
+
     /// Appends values (already of the archive's type) and their column indices.
     pub fn append_elements<T: Element>(&mut self, cols: &[u32], vals: &[T]) -> Result<()> {
         assert_eq!(T::DTYPE, self.dtype);
         assert_eq!(cols.len(), vals.len());
+        let cols_path = self.tmp.path.join(FileNames::COL_PTR);
+        if self.widths.col_ptr == Dtype::U32 {
+            self.cols
+                .write_all(bytemuck::cast_slice(cols))
+                .at(&cols_path)?;
+        } else {
+            if let Err(i) = narrow_columns(cols, self.widths.col_ptr, &mut self.narrowed) {
+                return Err(Error::archive(
+                    &self.output,
+                    format!(
+                        "column index {} of value {} does not fit the archive's {} column indices",
+                        cols[i],
+                        self.nnz + i as u64,
+                        self.widths.col_ptr
+                    ),
+                ));
+            }
+            self.cols.write_all(&self.narrowed).at(&cols_path)?;
+        }
         self.data
             .write_all(bytemuck::cast_slice(vals))
             .at(self.tmp.path.join(FileNames::DATA))?;
-        self.cols
-            .write_all(bytemuck::cast_slice(cols))
-            .at(self.tmp.path.join(FileNames::COL_PTR))?;
         self.nnz += vals.len() as u64;
         Ok(())
     }
 
     /// Appends `n` elements copied byte for byte from another archive's files (already of this
-    /// archive's types: values of `dtype`, uint32 columns), with large sequential copies
-    /// (copy_file_range where the file system supports it), never element by element.
+    /// archive's types: values of `dtype`, columns of `widths.col_ptr`), with large sequential
+    /// copies (copy_file_range where the file system supports it), never element by element.
     pub fn copy_elements(&mut self, data: &File, cols: &File, n: u64) -> Result<()> {
         let data_path = self.tmp.path.join(FileNames::DATA);
         let cols_path = self.tmp.path.join(FileNames::COL_PTR);
         self.data.flush().at(&data_path)?;
         self.cols.flush().at(&cols_path)?;
         copy_range(data, self.data.get_mut(), n * self.dtype.size() as u64).at(&data_path)?;
-        copy_range(cols, self.cols.get_mut(), n * 4).at(&cols_path)?;
+        let col_bytes = n * self.widths.col_ptr.size() as u64;
+        copy_range(cols, self.cols.get_mut(), col_bytes).at(&cols_path)?;
         self.nnz += n;
         Ok(())
     }
 
     /// Ends rows at the given element offsets (counted from the start of the archive).
     pub fn end_rows(&mut self, ends: impl IntoIterator<Item = u64>) -> Result<()> {
-        let path = self.tmp.path.join(FileNames::ROW_PTR);
         for e in ends {
             debug_assert!(e <= self.nnz);
-            self.row_ptr.write_all(&e.to_le_bytes()).at(&path)?;
+            self.write_row_end(e)?;
             self.rows += 1;
         }
         Ok(())
+    }
+
+    /// One row_ptr entry in the archive's row_ptr width.
+    fn write_row_end(&mut self, end: u64) -> Result<()> {
+        let width = self.widths.row_ptr;
+        if end > unsigned_max(width) {
+            return Err(Error::archive(
+                &self.output,
+                format!("row offset {end} does not fit the archive's {width} row_ptr.npy"),
+            ));
+        }
+        let bytes = end.to_le_bytes();
+        // The path is built only on error: this runs once per row.
+        self.row_ptr
+            .write_all(&bytes[..width.size()])
+            .map_err(|e| Error::io(self.tmp.path.join(FileNames::ROW_PTR), e))
     }
 
     /// Writes the metadata, the feature index and header.sch, flushes and fsyncs everything, then
@@ -227,6 +274,7 @@ impl ArchiveWriter {
                 rows: self.rows,
                 nnz: self.nnz,
                 dtype: self.dtype,
+                widths: self.widths,
             },
             tmp: TempDir {
                 path: self.tmp.path.clone(),
@@ -262,8 +310,8 @@ impl ArchiveWriter {
         )?;
         let dtypes = serde_json::json!({
             FileNames::DATA: self.dtype.name(),
-            FileNames::COL_PTR: "uint32",
-            FileNames::ROW_PTR: "uint64",
+            FileNames::COL_PTR: self.widths.col_ptr.name(),
+            FileNames::ROW_PTR: self.widths.row_ptr.name(),
         });
         write_synced(&dir.join(FileNames::DTYPES), &dtypes.to_string())?;
         write_synced(
@@ -283,12 +331,12 @@ impl ArchiveWriter {
                 header::ArrayEntry {
                     name: "ROWPTR".into(),
                     length: self.rows + 1,
-                    dtype: Dtype::U64,
+                    dtype: self.widths.row_ptr,
                 },
                 header::ArrayEntry {
                     name: "COLPTR".into(),
                     length: self.nnz,
-                    dtype: Dtype::U32,
+                    dtype: self.widths.col_ptr,
                 },
             ],
             &self.feature_index_entries(fdir)?,
@@ -604,4 +652,41 @@ fn copy_range(src: &File, dst: &mut File, len: u64) -> std::io::Result<()> {
     }
     dst.seek(SeekFrom::Start(dst_off as u64))?;
     Ok(())
+}
+
+/// Column indices as little-endian `width` (uint8/16/32/64) bytes into `out`; the index of the
+/// first one that does not fit if any.
+fn narrow_columns(cols: &[u32], width: Dtype, out: &mut Vec<u8>) -> Result<(), usize> {
+    if let Some(i) = cols.iter().position(|&c| c as u64 > unsigned_max(width)) {
+        return Err(i);
+    }
+    let size = width.size();
+    out.clear();
+    out.resize(cols.len() * size, 0);
+    let slots = out.chunks_exact_mut(size).zip(cols);
+    match width {
+        Dtype::U8 => slots.for_each(|(d, &c)| d[0] = c as u8),
+        Dtype::U16 => slots.for_each(|(d, &c)| d.copy_from_slice(&(c as u16).to_le_bytes())),
+        Dtype::U32 => slots.for_each(|(d, &c)| d.copy_from_slice(&c.to_le_bytes())),
+        _ => slots.for_each(|(d, &c)| d.copy_from_slice(&(c as u64).to_le_bytes())),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_narrow_exactly_or_name_the_first_that_does_not_fit() {
+        let mut out = Vec::new();
+        narrow_columns(&[1, 300, 65_535], Dtype::U16, &mut out).unwrap();
+        assert_eq!(out, [1, 0, 44, 1, 255, 255]);
+        narrow_columns(&[7, 255], Dtype::U8, &mut out).unwrap();
+        assert_eq!(out, [7, 255]);
+        narrow_columns(&[2], Dtype::U64, &mut out).unwrap();
+        assert_eq!(out, 2u64.to_le_bytes());
+        assert_eq!(narrow_columns(&[3, 256, 9999], Dtype::U8, &mut out), Err(1));
+        assert_eq!(narrow_columns(&[65_536], Dtype::U16, &mut out), Err(0));
+    }
 }

@@ -168,18 +168,23 @@ impl Catalog {
             return Err(crate::Error::Usage("a source name is not valid".into()));
         }
         let output = self.store.archive_path(target.name());
+        // The mount's index widths (--index-dtypes) apply to its concats too.
+        let opts = crate::concat::ConcatOptions {
+            data_dtype: None,
+            allow_lossy: false,
+            index_dtypes: self.options.convert.index_dtypes,
+        };
         match &self.options.converter {
             Some(exe) => crate::isolate::concat_in_child(
                 exe,
                 &inputs,
                 &output,
-                None,
-                false,
+                &opts,
                 &self.options.limits,
                 &self.options.confinement,
                 target,
             ),
-            None => crate::concat::concat(&inputs, &output, None, false, target).map(|_| ()),
+            None => crate::concat::concat_with(&inputs, &output, &opts, target).map(|_| ()),
         }
         .and_then(|_| self.store.open_archive(target.name()))
     }

@@ -384,6 +384,40 @@ impl<'a> MatrixReader<'a> {
         }
     }
 
+    /// Visits every stored value in blocks of at most `BLOCK_ELEMENTS`, in storage order, without
+    /// the matrix structure (sparse: the `data` array; dense: row slabs, zeros included). For a
+    /// pass that only looks at values, e.g. to choose a data type. `S` as for `stream`.
+    pub fn for_each_value_block<S: Element>(
+        &self,
+        visit: &mut dyn FnMut(&[S]) -> Result<()>,
+    ) -> Result<()> {
+        assert_eq!(S::DTYPE, self.dtype, "wrong element type");
+        if self.layout != Layout::Dense {
+            let mut a = 0;
+            while a < self.nnz {
+                let b = (a + BLOCK_ELEMENTS as u64).min(self.nnz);
+                visit(&self.read_values::<S>(a, b)?)?;
+                a = b;
+            }
+            return Ok(());
+        }
+        let n_cols = self.n_cols.max(1);
+        let rows_per_slab = (BLOCK_ELEMENTS as u64 / n_cols).max(1);
+        let col_piece = (BLOCK_ELEMENTS as u64).min(n_cols);
+        for r in (0..self.n_rows).step_by(rows_per_slab as usize) {
+            let r_end = (r + rows_per_slab).min(self.n_rows);
+            for c in (0..self.n_cols).step_by(col_piece as usize) {
+                let c_end = (c + col_piece).min(self.n_cols);
+                let slab = self
+                    .data
+                    .read_slice_2d::<S, _>((r as usize..r_end as usize, c as usize..c_end as usize))
+                    .map_err(|e| self.read_failed("", e))?;
+                visit(&slab.into_raw_vec_and_offset().0)?;
+            }
+        }
+        Ok(())
+    }
+
     fn read_values<S: Element>(&self, a: u64, b: u64) -> Result<Vec<S>> {
         Ok(self
             .data

@@ -3,12 +3,13 @@
 
     PY=$(scripts/test-env.sh | tail -n 1)
     "$PY" tests/mount/read_check.py MNT NAME SOURCE [SOURCE...] [--matrix auto|X|raw|layers/NAME]
-          [--data-dtype D] [--samples N] [--seed S] [--wait SECONDS] [--bionemo]
+          [--data-dtype D] [--index-dtypes narrow|wide] [--samples N] [--seed S] [--wait SECONDS] [--bionemo]
 
 MNT is the mount point, NAME the dataset (MNT/NAME/ is its directory), SOURCE the .h5ad file(s) or
 directories it was made from, in row order. The expected matrix is built exactly as tests/oracle/verify.py
 builds it (its loader is imported, not copied): sources stacked, explicit zeros kept, CSC/dense turned into
 CSR, values compared as float64 with NaN == NaN; with --data-dtype the expected values are cast to D first.
+col_ptr.npy/row_ptr.npy must have the index dtypes verify.py expects (--index-dtypes, default narrow).
 
 Check groups (one output line each, "PASS group: detail" or "FAIL group: detail"):
   status    MNT/NAME/status.json: state "ready", rows_total == rows_done == the expected row count, no error
@@ -302,7 +303,8 @@ def check_archive(ctx):
 def check_memmap(ctx):
     dt = ctx.ensure_dtype().newbyteorder("<")
     arrays = {}
-    for name, dtype in (("data.npy", dt), ("col_ptr.npy", np.dtype("<u4")), ("row_ptr.npy", np.dtype("<u8"))):
+    index = {name: np.dtype(d).newbyteorder("<") for name, d in ctx.exp.index_dtypes.items()}
+    for name, dtype in (("data.npy", dt), ("col_ptr.npy", index["col_ptr.npy"]), ("row_ptr.npy", index["row_ptr.npy"])):
         p = ctx.path(name)
         size = os.path.getsize(p)
         if size % dtype.itemsize:
@@ -699,6 +701,8 @@ def parse_args(argv):
     ap.add_argument("sources", nargs="+", help=".h5ad file(s) or directories, in row order")
     ap.add_argument("--matrix", default="auto", help="auto | X | raw | layers/NAME (default auto)")
     ap.add_argument("--data-dtype", default=None, help="the archive's data dtype, when it differs from the source's")
+    ap.add_argument("--index-dtypes", choices=("narrow", "wide"), default="narrow",
+                    help="col_ptr.npy/row_ptr.npy dtypes expected: narrow (smallest unsigned, default) or wide")
     ap.add_argument("--samples", type=int, default=200, help="random rows read when n_rows > 200 (default 200)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the row and range choice (default 0)")
     ap.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for status ready")
@@ -740,7 +744,8 @@ def main(argv=None):
         ctx = None
         procs = {}
         try:
-            exp = V.Expected([V.read_source(p, args.matrix) for p in source_paths], args.data_dtype)
+            exp = V.Expected([V.read_source(p, args.matrix) for p in source_paths], args.data_dtype,
+                             args.index_dtypes)
             ctx = Ctx(args, exp)
             results = {}
             results["status"] = run_group("status", check_status, ctx)  # waits for ready (--wait)

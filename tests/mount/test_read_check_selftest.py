@@ -128,10 +128,11 @@ def build_tree(archive, mnt, name, seed=0):
 
     root = os.path.join(mnt, name)
     shutil.copytree(archive, root)
-    dt = np.dtype(json.load(open(os.path.join(archive, "dtypes.json")))["data.npy"])
-    data = np.fromfile(os.path.join(archive, "data.npy"), dtype=dt)
-    cols = np.fromfile(os.path.join(archive, "col_ptr.npy"), dtype="<u4").astype(np.int64)
-    ptr = np.fromfile(os.path.join(archive, "row_ptr.npy"), dtype="<u8").astype(np.int64)
+    dtypes = json.load(open(os.path.join(archive, "dtypes.json")))
+    data, cols, ptr = (np.fromfile(os.path.join(archive, f), dtype=np.dtype(dtypes[f]).newbyteorder("<"))
+                       for f in ("data.npy", "col_ptr.npy", "row_ptr.npy"))
+    cols, ptr = cols.astype(np.int64), ptr.astype(np.int64)
+    dt = np.dtype(dtypes["data.npy"])
     n = len(ptr) - 1
     blocks = archive_blocks(archive)
     with open(os.path.join(root, "status.json"), "w") as fh:

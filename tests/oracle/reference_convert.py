@@ -5,10 +5,11 @@ It exists to test the oracle itself, not to be used for anything else:
 
     PY=$(scripts/test-env.sh)
     "$PY" tests/oracle/reference_convert.py OUT SOURCE [SOURCE...] [--matrix auto|X|raw|layers/NAME]
-                                             [--data-dtype float32] [--header]
+                                             [--data-dtype float32] [--header] [--index-dtypes wide|narrow]
 
-Writes OUT/ with data.npy (raw little-endian values, no npy header), col_ptr.npy (uint32), row_ptr.npy
-(uint64), dtypes.json, metadata.json {"num_rows": N}, version.json and features/ (one block per source:
+Writes OUT/ with data.npy (raw little-endian values, no npy header), col_ptr.npy and row_ptr.npy (wide:
+uint32 and uint64, bionemo-scdl 0.0.5's layout; narrow: the smallest unsigned type holding the largest
+column index and the number of values, bionemo-scdl 0.1.3's smallest_uint_dtype), dtypes.json, metadata.json {"num_rows": N}, version.json and features/ (one block per source:
 dataframe_<i>.parquet with a feature_id column of var ids, cumulative_sum_index.npy, labels.npy, version.npy).
 obs_features/ holds the sources' obs by the same layout (one block per source, the obs index first as a column).
 --header also writes header.sch (bionemo-scdl 0.1.3's binary header, which 0.1.3 reads the dtypes from).
@@ -26,7 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pyarrow as pa  # noqa: E402
-from verify import expected_obs_columns, list_sources, read_source  # noqa: E402
+from verify import expected_obs_columns, list_sources, read_source, smallest_uint  # noqa: E402
 
 SCDL_VERSION = "0.1.3"
 # bionemo-scdl 0.1.3 header: ArrayDType enum (no signed integers), schema version 0.1.0, backend MEMMAP_V0 = 1
@@ -45,15 +46,20 @@ def header_bytes(arrays):
     return out + struct.pack(">I", 0)
 
 
-def convert(out, sources, data_dtype, header):
+def convert(out, sources, data_dtype, header, index_dtypes="wide"):
     os.makedirs(os.path.join(out, "features"))
     data = np.concatenate([s.data.astype(data_dtype) for s in sources] + [np.zeros(0, data_dtype)])
-    cols = np.concatenate([s.indices for s in sources] + [np.zeros(0, np.int64)]).astype("<u4")
+    if index_dtypes == "wide":
+        col_dt, ptr_dt = "uint32", "uint64"
+    else:
+        col_dt = smallest_uint(max([s.n_vars for s in sources] + [1]) - 1)
+        ptr_dt = smallest_uint(sum(len(s.data) for s in sources))
+    cols = np.concatenate([s.indices for s in sources] + [np.zeros(0, np.int64)]).astype(np.dtype(col_dt).newbyteorder("<"))
     ptr, base = [np.zeros(1, np.int64)], 0
     for s in sources:
         ptr.append(s.indptr[1:] + base)
         base += int(s.indptr[-1])
-    ptr = np.concatenate(ptr).astype("<u8")
+    ptr = np.concatenate(ptr).astype(np.dtype(ptr_dt).newbyteorder("<"))
     data.astype(np.dtype(data_dtype).newbyteorder("<")).tofile(os.path.join(out, "data.npy"))
     cols.tofile(os.path.join(out, "col_ptr.npy"))
     ptr.tofile(os.path.join(out, "row_ptr.npy"))
@@ -62,7 +68,7 @@ def convert(out, sources, data_dtype, header):
         with open(os.path.join(out, name), "w") as fh:
             json.dump(obj, fh)
 
-    dump("dtypes.json", {"data.npy": np.dtype(data_dtype).name, "col_ptr.npy": "uint32", "row_ptr.npy": "uint64"})
+    dump("dtypes.json", {"data.npy": np.dtype(data_dtype).name, "col_ptr.npy": col_dt, "row_ptr.npy": ptr_dt})
     dump("metadata.json", {"num_rows": int(len(ptr) - 1)})
     dump("version.json", SCDL_VERSION)
 
@@ -93,7 +99,7 @@ def convert(out, sources, data_dtype, header):
         name = np.dtype(data_dtype).name
         if name not in HEADER_DTYPES:
             sys.exit(f"reference_convert: header.sch cannot describe {name} data")
-        arrays = [("DATA", len(data), name), ("ROWPTR", len(ptr), "uint64"), ("COLPTR", len(cols), "uint32")]
+        arrays = [("DATA", len(data), name), ("ROWPTR", len(ptr), ptr_dt), ("COLPTR", len(cols), col_dt)]
         with open(os.path.join(out, "header.sch"), "wb") as fh:
             fh.write(header_bytes(arrays))
 
@@ -105,11 +111,12 @@ def main(argv=None):
     ap.add_argument("--matrix", default="auto")
     ap.add_argument("--data-dtype", default="float32")
     ap.add_argument("--header", action="store_true")
+    ap.add_argument("--index-dtypes", choices=("wide", "narrow"), default="wide")
     args = ap.parse_args(argv)
     if os.path.exists(args.out):
         sys.exit(f"reference_convert: {args.out} exists")
     sources = [read_source(p, args.matrix) for p in list_sources(args.sources)]
-    convert(args.out, sources, np.dtype(args.data_dtype), args.header)
+    convert(args.out, sources, np.dtype(args.data_dtype), args.header, args.index_dtypes)
 
 
 if __name__ == "__main__":

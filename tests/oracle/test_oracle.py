@@ -40,6 +40,9 @@ def convert(out, *sources, opts=()):
 
 
 def check(archive, *sources, opts=()):
+    """verify.py on a reference archive; wide index dtypes (reference_convert's default) unless opts say."""
+    if "--index-dtypes" not in opts:
+        opts = (*opts, "--index-dtypes", "wide")
     return run(VERIFY, archive, *sources, *opts)
 
 
@@ -145,6 +148,56 @@ def test_data_dtypes_with_header(dtype, tmp_path):
     archive = convert(tmp_path / "a", src, opts=("--data-dtype", dtype, "--header"))
     rc, text = check(archive, src)
     assert rc == 0, text
+
+
+@pytest.mark.parametrize("name", ["csr_f32.h5ad", "large_csr_f32.h5ad", "csr_u16.h5ad"])
+def test_narrow_index_dtypes_load_in_both_bionemo_versions(name, tmp_path):
+    """bionemo-scdl 0.1.3's rule (uint8/uint16 here), declared in dtypes.json and header.sch: every reader
+    passes; the wide expectation is refused, naming the file."""
+    src = os.path.join(FIXTURES, name)
+    dtype = "uint16" if name == "csr_u16.h5ad" else "float32"
+    archive = convert(tmp_path / "a", src, opts=("--index-dtypes", "narrow", "--header", "--data-dtype", dtype))
+    dtypes = json.loads((archive / "dtypes.json").read_text())
+    assert dtypes["col_ptr.npy"] in ("uint8", "uint16") and dtypes["row_ptr.npy"] in ("uint8", "uint16"), dtypes
+    rc, text = check(archive, src, opts=("--index-dtypes", "narrow"))
+    assert rc == 0 and "0.0.5: PASS" in text and "0.1.3: PASS" in text, text
+    rc, text = check(archive, src, opts=("--index-dtypes", "wide", "--readers", "raw"))
+    assert rc == 1 and "dtypes.json: col_ptr.npy" in text, text
+
+
+def test_wide_archive_fails_the_narrow_expectation(tmp_path):
+    src = os.path.join(FIXTURES, "csr_f32.h5ad")
+    archive = convert(tmp_path / "a", src)
+    rc, text = check(archive, src, opts=("--index-dtypes", "narrow", "--readers", "raw"))
+    assert rc == 1 and "uint32" in text and "'uint8'" in text, text
+
+
+@pytest.mark.parametrize("name,smallest", [
+    ("csr_f32.h5ad", None), ("csr_f16.h5ad", "float16"), ("csr_f64.h5ad", "float32"), ("csr_i8.h5ad", "float16"),
+    ("csr_u16.h5ad", "uint16"), ("csr_u32.h5ad", "uint32"),
+    ("csr_u64.h5ad", "float32"),  # powers of two up to 2^63: exact in float32, half the size of uint64
+    ("dense_f64_frac.h5ad", "float64"),
+])
+def test_auto_data_dtype_is_the_smallest_exact_type(name, smallest, tmp_path):
+    src = verify.read_source(os.path.join(FIXTURES, name), "auto")
+    got = verify.auto_dtype([src])
+    if smallest is not None:
+        assert got == smallest
+    # Independently of the order of candidates: it holds every value, and no smaller type does.
+    v = src.data
+    back = v.astype(got).astype(v.dtype)
+    assert np.array_equal(back, v, equal_nan=True), (name, got)
+    smaller = [d for d in verify.AUTO_CANDIDATES if np.dtype(d).itemsize < np.dtype(got).itemsize]
+    assert not any(verify.holds_exactly(v, d) for d in smaller), (name, got)
+
+
+def test_auto_data_dtype_is_declared(tmp_path):
+    src = os.path.join(FIXTURES, "csr_u16.h5ad")
+    archive = convert(tmp_path / "a", src, opts=("--data-dtype", "uint16", "--header"))
+    assert check(archive, src, opts=("--data-dtype", "auto"))[0] == 0
+    wider = convert(tmp_path / "b", src, opts=("--data-dtype", "uint32", "--header"))
+    rc, text = check(wider, src, opts=("--data-dtype", "auto", "--readers", "raw"))
+    assert rc == 1 and "data.npy is uint32, expected uint16" in text, text
 
 
 def test_bionemo_013_needs_header_for_non_float32(tmp_path):

@@ -3,13 +3,19 @@
 
     PY=$(scripts/test-env.sh)
     "$PY" tests/oracle/verify.py ARCHIVE SOURCE [SOURCE...] [--matrix auto|X|raw|layers/NAME]
-                                 [--readers raw,0.0.5,0.1.3] [--data-dtype DTYPE]
+                                 [--readers raw,0.0.5,0.1.3] [--data-dtype DTYPE|auto]
+                                 [--index-dtypes narrow|wide]
 
 SOURCE is an .h5ad file or a directory (every *.h5ad below it, sorted by path); the rows of all sources are
 stacked in order. The expected matrix of each source is read with anndata (h5py for layouts anndata cannot
 read) and kept as stored: explicit zeros of sparse sources stay, dense sources lose their zeros, CSC is
 converted to CSR. auto = raw.X if the file has .raw, else X. With --data-dtype the expected values are the
-source values cast to that dtype; otherwise values must be equal exactly (compared as float64, NaN == NaN).
+source values cast to that dtype, and dtypes.json must name it; --data-dtype auto expects the smallest of
+uint8, uint16, float16, uint32, float32, uint64, float64 that holds every source value exactly (found here
+from the source values). Otherwise values must be equal exactly (compared as float64, NaN == NaN).
+Index dtypes (dtypes.json, and the arrays read in them): narrow (default) = bionemo-scdl 0.1.3's rule, the
+smallest unsigned type holding the largest column index (widest source - 1) and the number of values (for
+a dense source: rows x columns, the most it can hold); wide = uint32 / uint64.
 
 Readers:
   raw     the archive's files read directly, by the contract scdl-fs writes (see check_raw).
@@ -47,7 +53,9 @@ import numpy as np  # noqa: E402
 BIONEMO_VERSIONS = ("0.0.5", "0.1.3")
 BIONEMO_ALL_ROWS_LIMIT = 20_000
 BIONEMO_SAMPLE = 5_000
-CONTRACT_INDEX_DTYPES = {"col_ptr.npy": "uint32", "row_ptr.npy": "uint64"}
+WIDE_INDEX_DTYPES = {"col_ptr.npy": "uint32", "row_ptr.npy": "uint64"}
+# --data-dtype auto: smaller first, at equal size the integer type first
+AUTO_CANDIDATES = ("uint8", "uint16", "float16", "uint32", "float32", "uint64", "float64")
 
 
 class Mismatch(Exception):
@@ -76,8 +84,8 @@ def as_strings(values):
 class Source:
     """One source's matrix as CSR arrays (as stored) plus its var ids."""
 
-    def __init__(self, path, which, indptr, indices, data, n_vars, ids, reader):
-        self.path, self.which, self.reader = path, which, reader
+    def __init__(self, path, which, indptr, indices, data, n_vars, ids, reader, dense=False):
+        self.path, self.which, self.reader, self.dense = path, which, reader, dense
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.data = np.asarray(data)  # source dtype kept
@@ -170,9 +178,11 @@ def read_with_anndata(path, matrix):
         M, ids = a.layers[name], a.var_names
     if M is None:
         raise ValueError(f"{path}: {matrix} is empty (None)")
+    import scipy.sparse as sp
+
     indptr, indices, data, n = csr_arrays(M)
     which = "raw.X" if matrix == "raw" else matrix
-    src = Source(path, which, indptr, indices, data, n, list(ids), "anndata")
+    src = Source(path, which, indptr, indices, data, n, list(ids), "anndata", dense=not sp.issparse(M))
     src.obs = legacy_obs_index_only(path, a.obs)
     return src
 
@@ -210,7 +220,8 @@ def read_with_h5py(path, matrix):
         else:
             node, var = f["layers"][matrix.split("/", 1)[1]], f["var"]
         ids = h5_var_ids(var)
-        if isinstance(node, h5py.Dataset):
+        dense = isinstance(node, h5py.Dataset)
+        if dense:
             indptr, indices, data, n = csr_arrays(node[...])
         else:
             fmt = node.attrs.get("encoding-type", node.attrs.get("h5sparse_format", ""))
@@ -226,7 +237,7 @@ def read_with_h5py(path, matrix):
                 raise ValueError(f"{path}: unknown sparse format {fmt!r}")
             n = shape[1]
     which = "raw.X" if matrix == "raw" else matrix
-    src = Source(path, which, indptr, indices, data, n, ids, "h5py")
+    src = Source(path, which, indptr, indices, data, n, ids, "h5py", dense=dense)
     src.obs = read_obs(path)
     return src
 
@@ -241,12 +252,55 @@ def read_source(path, matrix):
             die(f"cannot read {path}: anndata: {e!r}; h5py: {e2!r}")
 
 
-class Expected:
-    """All sources stacked: CSR with int64 indptr/indices and float64 values."""
+def smallest_uint(x):
+    """bionemo-scdl 0.1.3's smallest_uint_dtype: the smallest unsigned type holding x (>= 0)."""
+    for name, bits in (("uint8", 8), ("uint16", 16), ("uint32", 32), ("uint64", 64)):
+        if x < (1 << bits):
+            return name
+    raise ValueError(f"{x} does not fit 64 bits")
 
-    def __init__(self, sources, data_dtype=None):
+
+def holds_exactly(values, dtype):
+    """Whether every value converts to dtype and back unchanged (NaN == NaN), compared as Python numbers
+    (int == float comparisons are exact in Python)."""
+    t = np.dtype(dtype)
+    for v in np.unique(values):  # NaNs may repeat in unique(): harmless
+        x = v.item()
+        if isinstance(x, float) and np.isnan(x):
+            if t.kind != "f":
+                return False
+            continue
+        if t.kind == "u":
+            if isinstance(x, float) and not (np.isfinite(x) and x.is_integer()):
+                return False
+            if not (0 <= x <= np.iinfo(t).max):
+                return False
+        else:
+            with np.errstate(all="ignore"):
+                y = t.type(x).item()
+            if y != x:
+                return False
+    return True
+
+
+def auto_dtype(sources):
+    values = [s.data for s in sources if len(s.data)]
+    for name in AUTO_CANDIDATES:
+        if all(holds_exactly(v, name) for v in values):
+            return name
+    raise ValueError("no archive dtype holds every value exactly")
+
+
+class Expected:
+    """All sources stacked: CSR with int64 indptr/indices and float64 values, and the dtypes the archive
+    must declare (data_dtype None: whatever it declares)."""
+
+    def __init__(self, sources, data_dtype=None, index_dtypes="narrow"):
         self.sources = sources
         self.n_rows = sum(s.n_rows for s in sources)
+        if isinstance(data_dtype, str) and data_dtype == "auto":
+            data_dtype = np.dtype(auto_dtype(sources))
+        self.data_dtype = data_dtype
         ptrs, base = [np.zeros(1, np.int64)], 0
         for s in sources:
             ptrs.append(s.indptr[1:] + base)
@@ -263,6 +317,13 @@ class Expected:
         self.data = np.concatenate(vals + [np.zeros(0)])
         self.nnz = len(self.data)
         self.n_vars_of_row = np.repeat([s.n_vars for s in sources], [s.n_rows for s in sources])
+        if index_dtypes == "wide":
+            self.index_dtypes = dict(WIDE_INDEX_DTYPES)
+        else:
+            most_values = sum(s.n_rows * s.n_vars if s.dense else len(s.data) for s in sources)
+            widest = max([s.n_vars for s in sources] + [0])
+            self.index_dtypes = {"col_ptr.npy": smallest_uint(max(widest - 1, 0)),
+                                 "row_ptr.npy": smallest_uint(most_values)}
 
 
 # =========================================================================================== comparison
@@ -489,13 +550,15 @@ def check_raw(archive, exp, obs_choice="all"):
         if not os.path.exists(os.path.join(archive, f)):
             raise Mismatch(f"{f} missing")
     dtypes = load_json(os.path.join(archive, "dtypes.json"))
-    for k, want in CONTRACT_INDEX_DTYPES.items():
+    for k, want in exp.index_dtypes.items():
         if dtypes.get(k) != want:
-            raise Mismatch(f"dtypes.json: {k} is {dtypes.get(k)!r}, contract says {want!r}")
+            raise Mismatch(f"dtypes.json: {k} is {dtypes.get(k)!r}, expected {want!r}")
     try:
         data_dtype = str(np.dtype(dtypes["data.npy"]))
     except (KeyError, TypeError) as e:
         raise Mismatch(f"dtypes.json: no usable data.npy dtype ({e!r})") from None
+    if exp.data_dtype is not None and data_dtype != str(exp.data_dtype):
+        raise Mismatch(f"dtypes.json: data.npy is {data_dtype}, expected {exp.data_dtype}")
     meta = load_json(os.path.join(archive, "metadata.json"))
     if meta.get("num_rows") != exp.n_rows:
         raise Mismatch(f"metadata.json num_rows {meta.get('num_rows')!r}, expected {exp.n_rows}")
@@ -504,8 +567,8 @@ def check_raw(archive, exp, obs_choice="all"):
         if fh.read(6) == b"\x93NUMPY":
             raise Mismatch("data.npy starts with an npy header; the contract is raw values")
     data = read_raw_array(os.path.join(archive, "data.npy"), data_dtype)
-    cols = read_raw_array(os.path.join(archive, "col_ptr.npy"), "uint32")
-    ptr = read_raw_array(os.path.join(archive, "row_ptr.npy"), "uint64")
+    cols = read_raw_array(os.path.join(archive, "col_ptr.npy"), exp.index_dtypes["col_ptr.npy"])
+    ptr = read_raw_array(os.path.join(archive, "row_ptr.npy"), exp.index_dtypes["row_ptr.npy"])
     if len(ptr) != exp.n_rows + 1:
         raise Mismatch(f"row_ptr.npy has {len(ptr)} entries, expected num_rows+1 = {exp.n_rows + 1}")
     if len(data) != len(cols) or int(ptr[-1]) != len(data) or ptr[0] != 0:
@@ -523,6 +586,7 @@ def check_raw(archive, exp, obs_choice="all"):
     groups = match_blocks(feature_blocks(archive), exp.sources)
     id_cols = {check_block(path, group) for (path, _, _), group in groups}
     notes = [f"{exp.n_rows} rows", f"{exp.nnz} values ({data_dtype})",
+             f"col_ptr {exp.index_dtypes['col_ptr.npy']}, row_ptr {exp.index_dtypes['row_ptr.npy']}",
              f"{len(groups)} feature block(s), ids in column {'/'.join(sorted(id_cols)) or '-'}"]
     if changed:
         notes.append(f"column order differs from the source in {changed} row(s) (compared sorted)")
@@ -678,6 +742,7 @@ def main(argv=None):
     ap.add_argument("--matrix", default="auto")
     ap.add_argument("--readers", default="raw," + ",".join(BIONEMO_VERSIONS))
     ap.add_argument("--data-dtype", default=None)
+    ap.add_argument("--index-dtypes", choices=("narrow", "wide"), default="narrow")
     ap.add_argument("--obs", default="all", help="the --obs the archive was converted with: all, none or COL,...")
     args = ap.parse_args(argv)
     if args.matrix not in ("auto", "X", "raw") and not re.fullmatch(r"layers/.+", args.matrix):
@@ -686,7 +751,7 @@ def main(argv=None):
     unknown = [r for r in readers if r not in ("raw",) + BIONEMO_VERSIONS]
     if unknown or not readers:
         ap.error(f"unknown reader(s) {unknown}; choose from raw,{','.join(BIONEMO_VERSIONS)}")
-    data_dtype = np.dtype(args.data_dtype) if args.data_dtype else None
+    data_dtype = args.data_dtype if args.data_dtype in (None, "auto") else np.dtype(args.data_dtype)
     if not os.path.isdir(args.archive):
         print(f"verify: FAIL: archive {args.archive} is not a directory")
         return 1
@@ -699,7 +764,7 @@ def main(argv=None):
             for r in readers:
                 if r != "raw":
                     bionemo[r] = BionemoReader(r, args.archive, tmp, args.obs)
-            exp = Expected([read_source(p, args.matrix) for p in source_paths], data_dtype)
+            exp = Expected([read_source(p, args.matrix) for p in source_paths], data_dtype, args.index_dtypes)
             for reader in readers:
                 try:
                     if reader == "raw":
