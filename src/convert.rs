@@ -341,6 +341,10 @@ fn disk_bytes(sources: &[Source], target: Dtype, widths: IndexWidths) -> u64 {
     archive.saturating_add(scratch)
 }
 
+/// Values converted and appended at a time (256 KiB of float32): the writer's buffers stay this
+/// small, whatever the size of the blocks read.
+const WRITE_PIECE: usize = 64 << 10;
+
 /// Streams one matrix into the writer: this thread reads, a scoped thread converts and writes.
 fn stream_into<S: Element, T: Element>(
     h5: &H5ad,
@@ -356,21 +360,30 @@ fn stream_into<S: Element, T: Element>(
     let (tx, rx) = mpsc::sync_channel::<Block<S>>(1);
     std::thread::scope(|scope| {
         let consumer = scope.spawn(move || -> Result<()> {
-            let mut vals: Vec<T> = Vec::new();
+            // Converted in pieces so that a block is never held twice (once as read, once as
+            // converted): the piece buffer stays small whatever the block size.
+            let mut vals: Vec<T> = Vec::with_capacity(WRITE_PIECE);
             for block in rx {
-                vals.clear();
-                if let Err(i) = convert_into(&block.vals, &mut vals, allow_lossy) {
-                    let element = block.first_element + i as u64;
-                    return Err(Error::Lossy {
-                        file,
-                        location,
-                        value: block.vals[i].to_string(),
-                        row: block.row_of(element),
-                        column: block.cols[i] as u64,
-                        target: T::DTYPE,
-                    });
+                let pieces = block
+                    .vals
+                    .chunks(WRITE_PIECE)
+                    .zip(block.cols.chunks(WRITE_PIECE));
+                for (p, (src, cols)) in pieces.enumerate() {
+                    vals.clear();
+                    if let Err(i) = convert_into(src, &mut vals, allow_lossy) {
+                        let i = p * WRITE_PIECE + i;
+                        let element = block.first_element + i as u64;
+                        return Err(Error::Lossy {
+                            file,
+                            location,
+                            value: block.vals[i].to_string(),
+                            row: block.row_of(element),
+                            column: block.cols[i] as u64,
+                            target: T::DTYPE,
+                        });
+                    }
+                    writer.append_elements(cols, &vals)?;
                 }
-                writer.append_elements(&block.cols, &vals)?;
                 writer.end_rows(block.row_ends.iter().map(|e| e + base))?;
                 progress.rows_done(block.row_ends.len() as u64);
             }

@@ -18,6 +18,8 @@ use crate::features::FeatureIndex;
 use crate::obs::{ObsIndex, OBS_DIR};
 
 const WRITE_BUFFER: usize = 4 << 20;
+/// Column indices narrowed at a time.
+const NARROW_PIECE: usize = 64 << 10;
 
 /// What a finished archive holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,18 +165,22 @@ impl ArchiveWriter {
                 .write_all(bytemuck::cast_slice(cols))
                 .at(&cols_path)?;
         } else {
-            if let Err(i) = narrow_columns(cols, self.widths.col_ptr, &mut self.narrowed) {
-                return Err(Error::archive(
-                    &self.output,
-                    format!(
-                        "column index {} of value {} does not fit the archive's {} column indices",
-                        cols[i],
-                        self.nnz + i as u64,
-                        self.widths.col_ptr
-                    ),
-                ));
+            // In pieces, so that the narrowed copy stays small whatever the caller appends.
+            for (p, piece) in cols.chunks(NARROW_PIECE).enumerate() {
+                if let Err(i) = narrow_columns(piece, self.widths.col_ptr, &mut self.narrowed) {
+                    let i = p * NARROW_PIECE + i;
+                    return Err(Error::archive(
+                        &self.output,
+                        format!(
+                            "column index {} of value {} does not fit the archive's {} column indices",
+                            cols[i],
+                            self.nnz + i as u64,
+                            self.widths.col_ptr
+                        ),
+                    ));
+                }
+                self.cols.write_all(&self.narrowed).at(&cols_path)?;
             }
-            self.cols.write_all(&self.narrowed).at(&cols_path)?;
         }
         self.data
             .write_all(bytemuck::cast_slice(vals))
