@@ -132,7 +132,7 @@ pub fn concat_with(
     );
     let obs_bytes: u64 = archives
         .iter()
-        .map(|a| crate::space::tree_size(&a.path.join(crate::obs::OBS_DIR)))
+        .map(|a| crate::archive::tree_size(&a.path.join(crate::obs::OBS_DIR)))
         .sum();
     crate::space::ensure_room(output, needed.saturating_add(obs_bytes))?;
     progress.start(archives.iter().map(|a| a.num_rows).sum());
