@@ -89,7 +89,7 @@ impl ConcatArgs {
     }
 }
 
-/// How a worker is confined (hidden options its parent passes; see isolate.rs).
+/// How a worker is confined (hidden options its parent passes; see isolate/grants.rs).
 #[derive(clap::Args)]
 struct GrantArgs {
     /// Drop root to this UID:GID.
