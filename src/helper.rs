@@ -107,7 +107,7 @@ pub fn mount_args(args: &[OsString]) -> Result<Vec<OsString>, String> {
             ("no_io_uring", None) => out.push("--no-io-uring".into()),
             (
                 "threads" | "conversions" | "data_dtype" | "index_dtypes" | "matrix" | "writers"
-                | "worker_user",
+                | "worker_user" | "batch_memory",
                 Some(v),
             ) if !v.is_empty() => {
                 out.push(format!("--{}", key.replace('_', "-")).into());
@@ -133,7 +133,7 @@ mod tests {
             "/var/lib/scdl-fs",
             "/mnt/scdl",
             "-o",
-            "ro,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab,no_io_uring",
+            "ro,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab,no_io_uring,batch_memory=2G",
         ]))
         .unwrap();
         assert_eq!(
@@ -149,7 +149,9 @@ mod tests {
                 "8",
                 "--writers",
                 "lab",
-                "--no-io-uring"
+                "--no-io-uring",
+                "--batch-memory",
+                "2G"
             ])
         );
     }

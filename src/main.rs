@@ -98,6 +98,10 @@ impl GrantArgs {
     }
 }
 
+fn parse_memory(s: &str) -> Result<usize, String> {
+    scdl_fs::batches::parse_memory_size(s).map_err(|e| e.to_string())
+}
+
 fn parse_identity(s: &str) -> Result<scdl_fs::confine::Identity, String> {
     scdl_fs::confine::Identity::of_user(s).map_err(|e| e.to_string())
 }
@@ -150,6 +154,10 @@ enum Command {
         /// Concurrent conversions.
         #[arg(long, default_value_t = 1)]
         conversions: usize,
+        /// Memory for rendered shuffled batches (batches/...), read and prefetched: bytes, or
+        /// with K, M, G (powers of 1024).
+        #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_memory)]
+        batch_memory: usize,
         /// Data type of converted archives (as for convert).
         #[arg(long, default_value = "float32")]
         data_dtype: DataDtypeChoice,
@@ -335,6 +343,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             threads,
             no_io_uring,
             conversions,
+            batch_memory,
             data_dtype,
             index_dtypes,
             matrix,
@@ -349,6 +358,7 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 threads,
                 io_uring: !no_io_uring,
                 workers: conversions,
+                batch_memory,
                 convert: ConvertOptions {
                     matrix,
                     data_dtype,

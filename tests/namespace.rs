@@ -49,6 +49,7 @@ fn namespace_with(setup: impl FnOnce(&Path)) -> Fixture {
                 confinement: Default::default(),
             },
             writers: None,
+            ..Default::default()
         },
     );
     ns.start_workers();

@@ -18,6 +18,32 @@ use serde::Serialize;
 /// Bytes of rendered batches kept by default (`--batch-memory`).
 pub const DEFAULT_BATCH_MEMORY: usize = 512 << 20;
 
+/// Why a `--batch-memory` value is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a size: a number of bytes, optionally with K, M, G or T (powers of 1024), e.g. 512M")]
+pub struct SizeError(pub String);
+
+/// A memory size as the mount option takes it: `1073741824`, `512M`, `512MiB`, `2G`, `0`.
+pub fn parse_memory_size(s: &str) -> Result<usize, SizeError> {
+    let bad = || SizeError(s.to_string());
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(bad)
+}
+
 enum Slot {
     /// A render in flight, `bytes` promised to it.
     Rendering,
@@ -157,6 +183,17 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
     /// Whether `key` is cached or being rendered.
     pub fn contains(&self, key: &K) -> bool {
         self.lock().entries.contains_key(key)
+    }
+
+    /// The length of `key`'s rendered bytes when they are cached (not counted as a read).
+    pub fn ready_len(&self, key: &K) -> Option<usize> {
+        match self.lock().entries.get(key) {
+            Some(Entry {
+                slot: Slot::Ready(bytes),
+                ..
+            }) => Some(bytes.len()),
+            _ => None,
+        }
     }
 
     fn claim(&self, key: &K, size: usize) -> Claim {
@@ -321,6 +358,35 @@ mod tests {
         assert!(!cache.contains(&5));
         assert!(!cache.prefetch(&6, 400, || bytes(400, 6)));
         assert!(cache.stats().bytes <= 300);
+    }
+
+    #[test]
+    fn memory_sizes_parse_with_binary_units() {
+        assert_eq!(parse_memory_size("0"), Ok(0));
+        assert_eq!(parse_memory_size("4096"), Ok(4096));
+        assert_eq!(parse_memory_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("2g"), Ok(2 << 30));
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "1.5G",
+            "12X",
+            "99999999999999999999",
+            "99999999T",
+        ] {
+            assert!(parse_memory_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ready_len_sees_only_finished_renders() {
+        let cache = BatchCache::new(1000);
+        assert_eq!(cache.ready_len(&1), None);
+        assert!(cache.prefetch(&1, 10, || bytes(10, 1)));
+        assert_eq!(cache.ready_len(&1), Some(10));
+        assert_eq!(cache.stats().hits, 0, "not counted as a read");
     }
 
     #[test]
