@@ -155,6 +155,7 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
         }
         None => confinement,
     };
+    crate::batches::map_large_allocations();
     let ns = Namespace::new(store, opts.namespace_options(converter, confinement));
     let workers = ns.start_workers();
     let mut mounted = fuse::mount(ns.clone(), &opts.mountpoint, &opts.session_options())

@@ -99,7 +99,11 @@ fn two_daemons_and_a_restart_serve_the_same_bytes() {
     }
     common::mount(&b, &store, &[]);
     common::wait_ready(&b, "big");
-    assert_eq!(first, mount_check(&b, "big", sources, plans), "after a restart");
+    assert_eq!(
+        first,
+        mount_check(&b, "big", sources, plans),
+        "after a restart"
+    );
     for m in [&a, &b] {
         common::unmount_and_kill(m);
     }
@@ -142,7 +146,9 @@ fn bad_names_are_enoent_and_many_plans_stay_within_the_budget() {
     ] {
         assert!(not_found(&batches.join(bad)), "{bad} should not exist");
     }
-    assert!(batches.join("size=64,ranks=2,rank=1/0/10.safetensors").is_file());
+    assert!(batches
+        .join("size=64,ranks=2,rank=1/0/10.safetensors")
+        .is_file());
     // Many distinct plans open at once, each read whole: the cache keeps within the budget.
     let mut open: Vec<(std::fs::File, u64)> = (0..60)
         .map(|seed| {
@@ -160,7 +166,10 @@ fn bad_names_are_enoent_and_many_plans_stay_within_the_budget() {
         serde_json::from_slice(&std::fs::read(mnt.join(".stats")).unwrap()).unwrap();
     assert_eq!(stats["batch_memory"], budget);
     let held = stats["prefetch"]["bytes"].as_u64().unwrap();
-    assert!(held <= budget, "{held} bytes held over a {budget}-byte budget");
+    assert!(
+        held <= budget,
+        "{held} bytes held over a {budget}-byte budget"
+    );
     let reads = &stats["requests"]["batches"]["read"];
     assert!(reads["requests"].as_u64().unwrap() >= 60, "{stats}");
     assert!(reads["bytes"].as_u64().unwrap() >= open.iter().map(|(_, l)| l).sum::<u64>());

@@ -18,6 +18,22 @@ use serde::Serialize;
 /// Bytes of rendered batches kept by default (`--batch-memory`).
 pub const DEFAULT_BATCH_MEMORY: usize = 512 << 20;
 
+/// Allocations from this size up get mappings of their own (`map_large_allocations`).
+const MMAP_THRESHOLD: i32 = 128 << 10;
+
+/// Makes the allocator give rendered batches mappings of their own, returned to the system when
+/// freed. Otherwise glibc raises its mmap threshold to the largest block freed so far, and
+/// later batch buffers are carved from the heaps of the many request and read threads' arenas,
+/// where freed memory stays in the process: the daemon's RSS then exceeds the budget by
+/// hundreds of MB. Process-wide: the daemon calls it once at start.
+pub fn map_large_allocations() {
+    // SAFETY: mallopt only sets a parameter of glibc's allocator, which may be set at any time;
+    // a refused value leaves the default (nothing to check).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 /// Why a `--batch-memory` value is not a size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a size: a number of bytes, optionally with K, M, G or T (powers of 1024), e.g. 512M")]
@@ -47,7 +63,7 @@ pub fn parse_memory_size(s: &str) -> Result<usize, SizeError> {
 enum Slot {
     /// A render in flight, `bytes` promised to it.
     Rendering,
-    Ready(Arc<[u8]>),
+    Ready(Arc<Vec<u8>>),
 }
 
 struct Entry {
@@ -95,7 +111,7 @@ pub struct BatchCache<K> {
 
 /// Whether the caller should render, and what it gets if not.
 enum Claim {
-    Ready(Arc<[u8]>),
+    Ready(Arc<Vec<u8>>),
     /// The caller renders; room was reserved for it (or not, when it does not fit).
     Render {
         reserved: bool,
@@ -141,11 +157,11 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
         key: &K,
         size: usize,
         render: impl FnOnce() -> Result<Vec<u8>, E>,
-    ) -> Result<Arc<[u8]>, E> {
+    ) -> Result<Arc<Vec<u8>>, E> {
         match self.claim(key, size) {
             Claim::Ready(bytes) => Ok(bytes),
             Claim::Render { reserved } => {
-                let result = render().map(Arc::<[u8]>::from);
+                let result = render().map(Arc::new);
                 if reserved {
                     self.settle(key, result.as_ref().ok().cloned(), true);
                 }
@@ -174,7 +190,7 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
             inner.stats.prefetches += 1;
             self.insert_rendering(&mut inner, key, size, false);
         }
-        let bytes = render().ok().map(Arc::<[u8]>::from);
+        let bytes = render().ok().map(Arc::new);
         let ok = bytes.is_some();
         self.settle(key, bytes, false);
         ok
@@ -255,7 +271,7 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
 
     /// Ends a render: keeps its bytes (the reservation stays counted) or, when it failed,
     /// gives the room back. Wakes the readers waiting for it.
-    fn settle(&self, key: &K, bytes: Option<Arc<[u8]>>, read: bool) {
+    fn settle(&self, key: &K, bytes: Option<Arc<Vec<u8>>>, read: bool) {
         let mut inner = self.lock();
         match bytes {
             Some(bytes) => {
@@ -392,7 +408,7 @@ mod tests {
     #[test]
     fn a_failed_render_gives_its_room_back() {
         let cache: BatchCache<u32> = BatchCache::new(100);
-        let r: Result<Arc<[u8]>, String> = cache.get_or_render(&1, 100, || Err("disk".into()));
+        let r: Result<Arc<Vec<u8>>, String> = cache.get_or_render(&1, 100, || Err("disk".into()));
         assert_eq!(r.unwrap_err(), "disk");
         assert!(!cache.prefetch(&2, 100, || Err::<Vec<u8>, _>("disk".to_string())));
         let s = cache.stats();

@@ -10,7 +10,10 @@ pub mod plan;
 pub mod prefetch;
 pub mod render;
 
-pub use cache::{parse_memory_size, BatchCache, CacheStats, SizeError, DEFAULT_BATCH_MEMORY};
+pub use cache::{
+    map_large_allocations, parse_memory_size, BatchCache, CacheStats, SizeError,
+    DEFAULT_BATCH_MEMORY,
+};
 pub use order::{EpochOrder, Run};
 pub use plan::{parse_batch_file, parse_epoch, BatchFormat, Plan, PlanError};
 pub use prefetch::{Prefetcher, DEFAULT_PREFETCH_DEPTH};
