@@ -21,7 +21,7 @@ use fuser::{Errno, FileAttr, FileType, FopenFlags, INodeNo};
 
 pub use session::{mount, Mounted, SessionOptions, Unmounter};
 
-use crate::namespace::{Attr, DirEntry, FsError, Namespace, NodeType, Opened, ROOT_INO};
+use crate::namespace::{Attr, DirEntry, FsError, Namespace, NodeType, Opened, ReadBytes, ROOT_INO};
 
 /// The largest READ/WRITE payload: it sizes every io_uring queue entry's buffer.
 pub const MAX_TRANSFER: u32 = 1 << 20;
@@ -238,12 +238,12 @@ impl Connection {
         )
     }
 
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadBytes, Errno> {
         self.counted(
             ino,
             "read",
-            |b: &Vec<u8>| b.len() as u64,
-            || fs(self.ns.read(ino, fh, offset, size)),
+            |b: &ReadBytes| b.len() as u64,
+            || fs(self.ns.read_bytes(ino, fh, offset, size)),
         )
     }
 

@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::inode::{ino, Kind, NodeTable};
-use super::{DirEntry, FsError, FsResult, NodeType};
+use super::{DirEntry, FsError, FsResult, NodeType, ReadBytes};
 use crate::batches::{
     parse_batch_file, parse_epoch, BatchCache, BatchFormat, BatchLayout, CacheStats, EpochOrder,
     Plan, Prefetcher, ReadPool, DEFAULT_BATCH_MEMORY, DEFAULT_PREFETCH_DEPTH, DEFAULT_READ_THREADS,
@@ -220,13 +220,13 @@ impl Batches {
         size: u64,
         offset: u64,
         len: u32,
-    ) -> FsResult<Vec<u8>> {
+    ) -> FsResult<ReadBytes> {
         let bytes = self
             .cache
             .get_or_render(key, size as usize, || self.render(r, key))?;
         let start = (offset as usize).min(bytes.len());
         let end = start.saturating_add(len as usize).min(bytes.len());
-        Ok(bytes[start..end].to_vec())
+        Ok(ReadBytes::Shared(bytes, start..end))
     }
 
     /// At the open of batch `key`: queues the renders of the next batches of its (plan, epoch,

@@ -122,6 +122,33 @@ pub struct Opened {
     pub backing: Option<Arc<File>>,
 }
 
+/// The bytes a read answers with: its own, or a slice of a rendered batch that the cache
+/// shares (no copy on the way to the transport, which copies it into the kernel's buffer).
+pub enum ReadBytes {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for ReadBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBytes::Owned(v) => v,
+            ReadBytes::Shared(b, r) => &b[r.clone()],
+        }
+    }
+}
+
+impl ReadBytes {
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ReadBytes::Owned(v) => v,
+            ReadBytes::Shared(..) => self.to_vec(),
+        }
+    }
+}
+
 /// Time-to-live of names and attributes that can change (the root, dataset directories, status).
 const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Inside a ready dataset nothing changes: cache for long.
@@ -479,6 +506,13 @@ impl Namespace {
     }
 
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_bytes(ino, fh, offset, size)
+            .map(ReadBytes::into_vec)
+    }
+
+    /// `read`, without copying what the batch cache already holds.
+    pub fn read_bytes(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<ReadBytes> {
+        let owned = |r: FsResult<Vec<u8>>| r.map(ReadBytes::Owned);
         let slice = |bytes: &[u8]| {
             let start = (offset as usize).min(bytes.len());
             let end = start.saturating_add(size as usize).min(bytes.len());
@@ -492,18 +526,18 @@ impl Namespace {
             _ => None,
         };
         match handle {
-            Some(Handle::File(file)) => return read_at(&file, offset, size),
+            Some(Handle::File(file)) => return owned(read_at(&file, offset, size)),
             Some(Handle::Npz(npz)) => {
                 let bytes = npz.get_or_init(|| self.render_npz(ino));
-                return bytes.as_ref().map(|b| slice(b)).map_err(Clone::clone);
+                return owned(bytes.as_ref().map(|b| slice(b)).map_err(Clone::clone));
             }
-            Some(Handle::Snapshot(bytes)) => return Ok(slice(&bytes)),
+            Some(Handle::Snapshot(bytes)) => return Ok(ReadBytes::Owned(slice(&bytes))),
             Some(Handle::Batch(r, key, file_size)) => {
                 return self.batches.read(&r, &key, file_size, offset, size);
             }
             _ => {}
         }
-        match self.node(ino)? {
+        owned(match self.node(ino)? {
             Node::Control => Ok(slice(self.control.text().as_bytes())),
             Node::Ready(_, r, Part::FeatureJson(k)) => {
                 Ok(slice(r.feature_json(k).ok_or(FsError::NotFound)?))
@@ -512,7 +546,7 @@ impl Namespace {
                 .dense_read(&r.archive, offset, size as usize)
                 .map_err(io_err),
             _ => Err(FsError::NotFound),
-        }
+        })
     }
 
     /// The whole `csr/<a>-<b>.npz` of range inode `ino`.
