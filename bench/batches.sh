@@ -9,6 +9,9 @@
 #   bionemo-scdl 0.1.3 in-process (256 distinct random get_row into a scipy CSR) on a copy of
 #     the archive (bionemo opens it r+);
 #   the numpy gather over our archive's memmaps in-process (bench/gather.py);
+#   annbatch 0.3.1 (bench/annbatch_reads.py, in its own venv made by bench/annbatch-env.sh: it
+#     needs Python >= 3.12), its Loader with default settings over its own pre-shuffled zarr
+#     conversion of the .h5ad (timed once, with its peak RSS); left out when no venv can be made;
 #   cold only: `cat` of the archive files, sequentially (the cold block=64 reference).
 # ROUNDS interleaved rounds, SECONDS per warm measurement and COLD_SECONDS per cold one (a cold
 # run warms the cache as it goes: keep it short). Medians; the daemon's peak RSS (VmHWM) and its
@@ -32,6 +35,13 @@ mkdir -p "$STORE"
 [[ -f "$DATA/bench.h5ad" ]] || "$PY" "$ROOT/bench/make_h5ad.py" "$DATA/bench.h5ad"
 [[ -d "$ARCHIVE" ]] || "$BIN" convert "$DATA/bench.h5ad" "$ARCHIVE"
 [[ -d "$COPY" ]] || cp -r "$ARCHIVE" "$COPY"
+ZARR="$DATA/annbatch.zarr"
+ANNBATCH_PY="$(bash "$ROOT/bench/annbatch-env.sh" 2>/dev/null || true)"
+ANNBATCH_CONVERT="not measured (no annbatch venv)"
+if [[ -n "$ANNBATCH_PY" ]]; then
+  [[ -d "$ZARR" ]] && rm -rf "$ZARR"
+  ANNBATCH_CONVERT="$("$ANNBATCH_PY" "$ROOT/bench/annbatch_reads.py" convert "$DATA/bench.h5ad" "$ZARR" 2>/dev/null)"
+fi
 MNT="$(mktemp -d)"
 RESULTS="$(mktemp)"
 trap 'umount "$MNT" 2>/dev/null || umount -l "$MNT"; rmdir "$MNT"; rm -f "$RESULTS" "$RESULTS".*' EXIT
@@ -41,7 +51,12 @@ READ="$ROOT/bench/batch_reads.py"
 FILES=("$ARCHIVE/data.npy" "$ARCHIVE/col_ptr.npy" "$ARCHIVE/row_ptr.npy")
 
 prepare() {  # warm|cold
-  if [[ $1 == cold ]]; then sync; echo 1 >/proc/sys/vm/drop_caches; else cat "${FILES[@]}" "$COPY"/*.npy >/dev/null; fi
+  if [[ $1 == cold ]]; then
+    sync; echo 1 >/proc/sys/vm/drop_caches
+  else
+    cat "${FILES[@]}" "$COPY"/*.npy >/dev/null
+    [[ -d "$ZARR" ]] && find "$ZARR" -type f -exec cat {} + >/dev/null
+  fi
 }
 # record TEMP LABEL < "rows R bytes B seconds S" lines (summed; the longest seconds)
 record() {
@@ -63,6 +78,7 @@ cat_mode() {
   echo "rows 0 bytes $bytes seconds $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" | record cold cat
 }
 MODES=(b1_npz_x1 b1_safetensors_x1 b64_npz_x1 b64_safetensors_x1 b1_npz_x4 b1_safetensors_x4 b64_npz_x4 b64_safetensors_x4 bionemo gather)
+[[ -n "$ANNBATCH_PY" ]] && MODES+=(annbatch)
 for round in $(seq "$ROUNDS"); do
   for temp in warm cold; do
     secs=$SECONDS_EACH; [[ $temp == cold ]] && secs=$COLD_EACH
@@ -71,6 +87,7 @@ for round in $(seq "$ROUNDS"); do
       prepare $temp
       case $mode in
         bionemo) "$PY" "$READ" bionemo "$COPY" "$secs" | record $temp bionemo ;;
+        annbatch) "$ANNBATCH_PY" "$ROOT/bench/annbatch_reads.py" read "$ZARR" "$secs" 2>/dev/null | record $temp annbatch ;;
         gather) "$PY" "$ROOT/bench/gather.py" "$ARCHIVE" "$secs" | awk '/^numpy_gather / { print "rows", $2, "bytes 0 seconds 1" }' | record $temp gather ;;
         *) IFS=_ read -r b fmt x <<<"$mode"; mount_mode $temp "$secs" "${b#b}" "$fmt" "${x#x}" ;;
       esac
@@ -96,6 +113,7 @@ for temp in warm cold; do
 done
 cat_mb=$(med cold_cat 3)
 echo "cold block=64 MB/s vs cat: $(awk -v c="$cat_mb" -v a="$(med cold_b64_npz_x1 3)" -v b="$(med cold_b64_npz_x4 3)" -v s="$(med cold_b64_safetensors_x4 3)" 'BEGIN { printf "npz x1 %.0f%%, npz x4 %.0f%%, safetensors x4 %.0f%% of cat %.0f MB/s", 100*a/c, 100*b/c, 100*s/c, c }')"
+echo "annbatch conversion: $ANNBATCH_CONVERT"
 echo "daemon: $(grep -h '^VmHWM\|^VmRSS' "/proc/$DAEMON/status" | tr -s ' ' | paste -sd' ')"
 echo "daemon .stats:"
 cat "$MNT/.stats"
