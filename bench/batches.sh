@@ -15,7 +15,8 @@
 #   cold only: `cat` of the archive files, sequentially (the cold block=64 reference).
 # ROUNDS interleaved rounds, SECONDS per warm measurement and COLD_SECONDS per cold one (a cold
 # run warms the cache as it goes: keep it short). Medians; the daemon's peak RSS (VmHWM) and its
-# .stats at the end. BATCH_MEMORY (default the mount's) is passed as --batch-memory.
+# .stats at the end. BATCH_MEMORY (default the mount's) is passed as --batch-memory; TEMPS
+# (default "warm cold") chooses the settings measured.
 #
 #   bench/batches.sh [SECONDS] [ROUNDS] [COLD_SECONDS]
 set -euo pipefail
@@ -80,7 +81,7 @@ cat_mode() {
 MODES=(b1_npz_x1 b1_safetensors_x1 b64_npz_x1 b64_safetensors_x1 b1_npz_x4 b1_safetensors_x4 b64_npz_x4 b64_safetensors_x4 bionemo gather)
 [[ -n "$ANNBATCH_PY" ]] && MODES+=(annbatch)
 for round in $(seq "$ROUNDS"); do
-  for temp in warm cold; do
+  for temp in ${TEMPS:-warm cold}; do
     secs=$SECONDS_EACH; [[ $temp == cold ]] && secs=$COLD_EACH
     echo "round $round/$ROUNDS $temp" >&2
     for mode in "${MODES[@]}"; do
@@ -98,7 +99,7 @@ for round in $(seq "$ROUNDS"); do
 done
 med() { { grep "^$1 " "$RESULTS" || true; } | cut -d' ' -f"$2" | median; }
 runs() { { grep "^$1 " "$RESULTS" || true; } | cut -d' ' -f"$2" | paste -sd, | sed 's/,/, /g'; }
-for temp in warm cold; do
+for temp in ${TEMPS:-warm cold}; do
   echo "### $temp (medians of $ROUNDS rounds)"
   echo "| mode | median rows/s | runs | median MB/s of files | vs bionemo rows/s |"
   echo "|---|---|---|---|---|"

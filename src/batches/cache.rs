@@ -7,16 +7,22 @@
 //! counts against the budget, so many plans read at once cannot grow it: a prefetch that does not
 //! fit is not started, a demand render that does not fit is handed to its reader uncached, and
 //! batches already read are evicted first (least recently used), then the oldest unread ones.
+//! An unread batch nobody has touched for `ABANDONED_AFTER` (its plan is no longer read) counts
+//! as read: prefetches of the plans being read may push it out.
 //! A batch being rendered is rendered once: a second reader waits for it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 /// Bytes of rendered batches kept by default (`--batch-memory`).
 pub const DEFAULT_BATCH_MEMORY: usize = 512 << 20;
+
+/// How long an unread batch stays safe from prefetches of other batches.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 
 /// Allocations from this size up get mappings of their own (`map_large_allocations`).
 const MMAP_THRESHOLD: i32 = 128 << 10;
@@ -71,6 +77,8 @@ struct Entry {
     bytes: usize,
     /// When it was last used (a tick of the cache's clock).
     used_at: u64,
+    /// When it was last used, in time (for `ABANDONED_AFTER`).
+    touched: Instant,
     /// Whether a reader has had it (prefetched entries start unread).
     read: bool,
 }
@@ -105,6 +113,7 @@ struct Inner<K> {
 /// A byte-budgeted cache of rendered files keyed by `K` (dataset, plan, epoch, batch, format).
 pub struct BatchCache<K> {
     budget: usize,
+    abandoned_after: Duration,
     inner: Mutex<Inner<K>>,
     rendered: Condvar,
 }
@@ -120,8 +129,14 @@ enum Claim {
 
 impl<K: Hash + Eq + Clone> BatchCache<K> {
     pub fn new(budget: usize) -> BatchCache<K> {
+        BatchCache::with_abandoned_after(budget, ABANDONED_AFTER)
+    }
+
+    /// A cache whose unread entries count as abandoned after `after` without use.
+    pub fn with_abandoned_after(budget: usize, after: Duration) -> BatchCache<K> {
         BatchCache {
             budget,
+            abandoned_after: after,
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
                 bytes: 0,
@@ -222,11 +237,13 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
                 Some(Entry {
                     slot: Slot::Ready(bytes),
                     used_at,
+                    touched,
                     read,
                     ..
                 }) => {
                     let bytes = bytes.clone();
                     *used_at = now;
+                    *touched = Instant::now();
                     *read = true;
                     if waited {
                         inner.stats.waits += 1;
@@ -264,6 +281,7 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
                 slot: Slot::Rendering,
                 bytes: size,
                 used_at,
+                touched: Instant::now(),
                 read,
             },
         );
@@ -294,9 +312,9 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
         self.rendered.notify_all();
     }
 
-    /// Evicts ready entries until `size` more bytes fit in the budget: read ones first (least
-    /// recently used first), then, for a reader's own render (`evict_unread`), unread ones
-    /// (oldest first). Entries being rendered are never evicted. False if it cannot fit.
+    /// Evicts ready entries until `size` more bytes fit in the budget: read (or abandoned) ones
+    /// first (least recently used first), then, for a reader's own render (`evict_unread`),
+    /// unread ones (oldest first). Entries being rendered are never evicted. False if it cannot fit.
     fn make_room(&self, inner: &mut Inner<K>, size: usize, evict_unread: bool) -> bool {
         if size > self.budget {
             return false;
@@ -305,9 +323,10 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
             let victim = inner
                 .entries
                 .iter()
-                .filter(|(_, e)| matches!(e.slot, Slot::Ready(_)) && (e.read || evict_unread))
-                .min_by_key(|(_, e)| (!e.read, e.used_at))
-                .map(|(k, _)| k.clone());
+                .map(|(k, e)| (k, e, e.read || e.touched.elapsed() >= self.abandoned_after))
+                .filter(|(_, e, done)| matches!(e.slot, Slot::Ready(_)) && (*done || evict_unread))
+                .min_by_key(|(_, e, done)| (!done, e.used_at))
+                .map(|(k, _, _)| k.clone());
             let Some(victim) = victim else {
                 return false;
             };
@@ -403,6 +422,21 @@ mod tests {
         assert!(cache.prefetch(&1, 10, || bytes(10, 1)));
         assert_eq!(cache.ready_len(&1), Some(10));
         assert_eq!(cache.stats().hits, 0, "not counted as a read");
+    }
+
+    #[test]
+    fn unread_batches_of_an_abandoned_plan_make_room_for_prefetches() {
+        // Abandoned at once: every unread batch may go, the oldest first.
+        let cache = BatchCache::with_abandoned_after(200, Duration::ZERO);
+        assert!(cache.prefetch(&1, 100, || bytes(100, 1)));
+        assert!(cache.prefetch(&2, 100, || bytes(100, 2)));
+        assert!(cache.prefetch(&3, 100, || bytes(100, 3)));
+        assert!(!cache.contains(&1) && cache.contains(&2) && cache.contains(&3));
+        // With the default, unread batches are kept from prefetches.
+        let cache = BatchCache::new(200);
+        assert!(cache.prefetch(&1, 100, || bytes(100, 1)));
+        assert!(cache.prefetch(&2, 100, || bytes(100, 2)));
+        assert!(!cache.prefetch(&3, 100, || bytes(100, 3)));
     }
 
     #[test]
