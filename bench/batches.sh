@@ -113,7 +113,7 @@ for temp in ${TEMPS:-warm cold}; do
   echo
 done
 cat_mb=$(med cold_cat 3)
-echo "cold block=64 MB/s vs cat: $(awk -v c="$cat_mb" -v a="$(med cold_b64_npz_x1 3)" -v b="$(med cold_b64_npz_x4 3)" -v s="$(med cold_b64_safetensors_x4 3)" 'BEGIN { printf "npz x1 %.0f%%, npz x4 %.0f%%, safetensors x4 %.0f%% of cat %.0f MB/s", 100*a/c, 100*b/c, 100*s/c, c }')"
+[[ -n "$cat_mb" ]] && echo "cold block=64 MB/s vs cat: $(awk -v c="$cat_mb" -v a="$(med cold_b64_npz_x1 3)" -v b="$(med cold_b64_npz_x4 3)" -v s="$(med cold_b64_safetensors_x4 3)" 'BEGIN { printf "npz x1 %.0f%%, npz x4 %.0f%%, safetensors x4 %.0f%% of cat %.0f MB/s", 100*a/c, 100*b/c, 100*s/c, c }')"
 echo "annbatch conversion: $ANNBATCH_CONVERT"
 echo "daemon: $(grep -h '^VmHWM\|^VmRSS' "/proc/$DAEMON/status" | tr -s ' ' | paste -sd' ')"
 echo "daemon .stats:"

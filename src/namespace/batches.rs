@@ -232,6 +232,9 @@ impl Batches {
     /// At the open of batch `key`: queues the renders of the next batches of its (plan, epoch,
     /// format), those not cached yet, for the prefetch threads.
     pub fn prefetch_after(self: &Arc<Self>, r: &Arc<ReadyDataset>, key: &BatchKey) {
+        if self.cache.budget() == 0 {
+            return; // nothing could be kept
+        }
         let order = EpochOrder::new(&key.plan, r.archive.num_rows, key.epoch);
         let last = order
             .batches()
