@@ -112,6 +112,10 @@ impl Batches {
         self.nodes.get_with_value(index)
     }
 
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
     pub fn forget(&self, index: u64, n: u64) {
         self.nodes.forget(index, n);
     }

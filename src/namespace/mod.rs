@@ -305,6 +305,11 @@ impl Namespace {
         self.getattr(ino)
     }
 
+    /// Number of batch nodes (below `batches/`) the kernel still holds (for tests).
+    pub fn batch_nodes(&self) -> usize {
+        self.batches.nodes()
+    }
+
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         match inode::split(ino) {
