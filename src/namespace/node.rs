@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::inode::{self, ino, parse_index, parse_range, Kind, Range, CONTROL_INO, ROOT_INO};
+use super::batches::{BatchKey, BatchNode, Level};
+use super::inode::{
+    self, ino, parse_index, parse_range, Kind, Range, CONTROL_INO, ROOT_INO, STATS_INO,
+};
 use super::{io_err, FsError, FsResult, Namespace};
 use crate::catalog::{Dataset, ReadyDataset, ARCHIVE_FILES};
 use crate::render::{self, RowSpan};
@@ -13,6 +16,7 @@ use crate::render::{self, RowSpan};
 pub(super) enum Node {
     Root,
     Control,
+    Stats,
     DatasetDir(Arc<Dataset>),
     Status(Arc<Dataset>),
     Input(Arc<Dataset>),
@@ -35,6 +39,12 @@ pub(super) enum Part {
         span: RowSpan,
         csr: bool,
     },
+    /// `batches/`.
+    BatchesDir,
+    /// `batches/<PLAN>/` or `batches/<PLAN>/<EPOCH>/`.
+    BatchDir(BatchNode),
+    /// `batches/<PLAN>/<EPOCH>/<K>.<ext>`, with its size once computed.
+    BatchFile(BatchKey, Option<u64>),
 }
 
 /// The inode of archive file `name` of dataset `id`.
@@ -52,6 +62,7 @@ impl Namespace {
         match ino {
             ROOT_INO => return Ok(Node::Root),
             CONTROL_INO => return Ok(Node::Control),
+            STATS_INO => return Ok(Node::Stats),
             _ => {}
         }
         let (kind, id, index) = inode::split(ino).ok_or(FsError::NotFound)?;
@@ -86,6 +97,17 @@ impl Namespace {
                     csr: range.csr,
                 })
             }
+            Kind::BatchesDir => Some(Part::BatchesDir),
+            Kind::Batch => match self.batches.node(index)? {
+                (
+                    BatchNode {
+                        level: Level::File(key),
+                        ..
+                    },
+                    size,
+                ) => Some(Part::BatchFile(key, size)),
+                (node, _) => Some(Part::BatchDir(node)),
+            },
             Kind::DatasetDir | Kind::Input | Kind::Status => None,
         }
     }
@@ -101,14 +123,19 @@ impl Namespace {
         if parent == ROOT_INO {
             return self.child_of_root(name);
         }
-        let (kind, id, _) = inode::split(parent).ok_or(FsError::NotFound)?;
+        let (kind, id, index) = inode::split(parent).ok_or(FsError::NotFound)?;
         if kind == Kind::DatasetDir && name == "status.json" {
             self.catalog.dataset(id).ok_or(FsError::NotFound)?;
             return Ok(ino(Kind::Status, id, 0));
         }
         if !matches!(
             kind,
-            Kind::DatasetDir | Kind::FeaturesDir | Kind::RowsDir | Kind::CsrDir
+            Kind::DatasetDir
+                | Kind::FeaturesDir
+                | Kind::RowsDir
+                | Kind::CsrDir
+                | Kind::BatchesDir
+                | Kind::Batch
         ) {
             return Err(FsError::NotDir);
         }
@@ -117,6 +144,11 @@ impl Namespace {
             Kind::DatasetDir => dataset_child(id, &r, name),
             Kind::FeaturesDir => features_child(id, &r, name),
             Kind::RowsDir => self.rows_child(id, &r, name),
+            Kind::BatchesDir => self.batches.child(id, &r, None, name),
+            Kind::Batch => {
+                let (parent, _) = self.batches.node(index).ok_or(FsError::NotFound)?;
+                self.batches.child(id, &r, Some(parent), name)
+            }
             _ => self.csr_child(id, &r, name),
         }
     }
@@ -124,6 +156,9 @@ impl Namespace {
     fn child_of_root(&self, name: &str) -> FsResult<u64> {
         if name == ".control" {
             return Ok(CONTROL_INO);
+        }
+        if name == ".stats" {
+            return Ok(STATS_INO);
         }
         if let Some(stem) = name.strip_suffix(".h5ad") {
             let ds = self.catalog.dataset_named(stem).ok_or(FsError::NotFound)?;
@@ -176,7 +211,7 @@ impl Namespace {
     }
 }
 
-/// An archive file, or `features`, `rows`, `csr`.
+/// An archive file, or `features`, `rows`, `csr`, `batches`.
 fn dataset_child(id: u16, r: &ReadyDataset, name: &str) -> FsResult<u64> {
     if r.archive_files.contains(&name) {
         return Ok(archive_file_ino(id, name));
@@ -185,6 +220,7 @@ fn dataset_child(id: u16, r: &ReadyDataset, name: &str) -> FsResult<u64> {
         "features" => Ok(ino(Kind::FeaturesDir, id, 0)),
         "rows" => Ok(ino(Kind::RowsDir, id, 0)),
         "csr" => Ok(ino(Kind::CsrDir, id, 0)),
+        "batches" => Ok(ino(Kind::BatchesDir, id, 0)),
         _ => Err(FsError::NotFound),
     }
 }
