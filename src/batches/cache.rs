@@ -273,6 +273,9 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
     }
 
     fn insert_rendering(&self, inner: &mut Inner<K>, key: &K, size: usize, read: bool) {
+        // A tick of its own: prefetches in a row must not tie, or "oldest first" is the hash
+        // map's order.
+        inner.clock += 1;
         let used_at = inner.clock;
         inner.bytes += size;
         inner.entries.insert(
