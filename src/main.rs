@@ -51,6 +51,13 @@ struct ConvertArgs {
     /// cell ids, is always kept as a column).
     #[arg(long, default_value = "all")]
     obs: scdl_fs::obs::ObsChoice,
+    /// The obsp neighbor graph kept as bionemo-scdl 0.1.3's neighbor files: auto (obsp/next_cell_ids,
+    /// bionemo's default key, when present), none, or KEY.
+    #[arg(long, default_value = "auto")]
+    neighbors: scdl_fs::cellmeta::NeighborChoice,
+    /// obsm keys kept in obsm/ (dense arrays): all, none, or KEY,KEY,...
+    #[arg(long, default_value = "all")]
+    obsm: scdl_fs::cellmeta::ObsmChoice,
 }
 
 impl ConvertArgs {
@@ -61,6 +68,8 @@ impl ConvertArgs {
             allow_lossy: self.allow_lossy,
             index_dtypes: self.index_dtypes,
             obs: self.obs.clone(),
+            neighbors: self.neighbors.clone(),
+            obsm: self.obsm.clone(),
             cap_file_size: false,
         }
     }
@@ -200,6 +209,10 @@ enum Command {
         allow_lossy: bool,
         #[arg(long, default_value = "all")]
         obs: scdl_fs::obs::ObsChoice,
+        #[arg(long, default_value = "auto")]
+        neighbors: scdl_fs::cellmeta::NeighborChoice,
+        #[arg(long, default_value = "all")]
+        obsm: scdl_fs::cellmeta::ObsmChoice,
         #[arg(long, default_value = "narrow")]
         index_dtypes: IndexDtypes,
         #[command(flatten)]
@@ -355,6 +368,8 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                     allow_lossy: false,
                     index_dtypes,
                     obs: scdl_fs::obs::ObsChoice::All,
+                    neighbors: Default::default(),
+                    obsm: Default::default(),
                     cap_file_size: false,
                 },
                 worker_user: worker.worker_user,
@@ -429,6 +444,8 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
             data_dtype,
             allow_lossy,
             obs,
+            neighbors,
+            obsm,
             index_dtypes,
             grants,
         } => {
@@ -437,6 +454,8 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                 data_dtype,
                 allow_lossy,
                 obs,
+                neighbors,
+                obsm,
                 index_dtypes,
                 // The worker's only job is this conversion: it may cap its own file sizes.
                 cap_file_size: true,

@@ -59,6 +59,9 @@ pub struct Archive {
     /// The per-cell metadata's layout, when the archive has `obs_features/`.
     pub obs: Option<crate::obs::ObsSummary>,
     pub version: String,
+    /// The neighbor graph and obsm keys (`cellmeta`).
+    neighbors: Option<crate::cellmeta::Neighbors>,
+    obsm: Vec<crate::cellmeta::ObsmArray>,
     data: File,
     cols: File,
     row_ptr: File,
@@ -75,6 +78,10 @@ pub struct ArchiveInfo {
     pub feature_blocks: Vec<BlockInfo>,
     /// obs_features/: per block, its rows and (column, type) pairs; null when absent.
     pub obs: Option<crate::obs::ObsSummary>,
+    /// The neighbor graph's key, nnz and types; null when absent.
+    pub neighbors: Option<crate::cellmeta::neighbors::NeighborInfo>,
+    /// obsm keys with dtypes and shapes.
+    pub obsm: Vec<crate::cellmeta::obsm::ObsmInfo>,
     pub bytes: u64,
 }
 
@@ -144,7 +151,7 @@ fn read_dtypes(path: &Path) -> Result<(Dtype, Dtype, Dtype)> {
 
 /// Decodes little-endian unsigned integers of `dtype` into `out`.
 /// (One loop per width, so that each is a plain widening loop.)
-fn decode_uints(bytes: &[u8], dtype: Dtype, out: &mut Vec<u64>) {
+pub(crate) fn decode_uints(bytes: &[u8], dtype: Dtype, out: &mut Vec<u64>) {
     match dtype {
         Dtype::U8 => out.extend(bytes.iter().map(|&b| b as u64)),
         Dtype::U16 => out.extend(
@@ -235,6 +242,7 @@ impl Archive {
             )));
         }
         let obs = crate::obs::ObsSummary::read(path, num_rows)?;
+        let (neighbors, obsm) = crate::cellmeta::open(path, num_rows)?;
         let archive = Archive {
             path: path.to_path_buf(),
             num_rows,
@@ -245,6 +253,8 @@ impl Archive {
             features,
             obs,
             version,
+            neighbors,
+            obsm,
             data,
             cols,
             row_ptr,
@@ -364,6 +374,21 @@ impl Archive {
         self.read_bytes(&self.data, FileNames::DATA, a * s, ((b - a) * s) as usize)
     }
 
+    /// The neighbor graph, when the archive has one.
+    pub fn neighbors(&self) -> Option<&crate::cellmeta::Neighbors> {
+        self.neighbors.as_ref()
+    }
+
+    /// Every obsm key, sorted by name.
+    pub fn obsm_keys(&self) -> &[crate::cellmeta::ObsmArray] {
+        &self.obsm
+    }
+
+    /// One obsm key.
+    pub fn obsm(&self, key: &str) -> Option<&crate::cellmeta::ObsmArray> {
+        self.obsm.iter().find(|o| o.key == key)
+    }
+
     /// The value and column files, for bulk copies (concat).
     pub(crate) fn element_files(&self) -> (&File, &File) {
         (&self.data, &self.cols)
@@ -417,6 +442,8 @@ impl Archive {
             },
             feature_blocks,
             obs: self.obs.clone(),
+            neighbors: self.neighbors.as_ref().map(|n| n.info()),
+            obsm: self.obsm.iter().map(|o| o.info()).collect(),
             bytes: self.disk_bytes(),
         }
     }

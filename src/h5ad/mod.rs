@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 pub use dataframe::{Column, DataFrame};
 pub use matrix::{Block, Layout, MatrixReader, BLOCK_ELEMENTS};
+pub(crate) use matrix::element_dtype;
 
 use crate::error::{Error, Result};
 
