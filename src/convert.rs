@@ -15,8 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use crate::cellmeta::{CellArrays, CellSource};
 use crate::archive::{ArchiveWriter, IndexDtypes, IndexWidths, WrittenArchive, ARCHIVE_VERSION};
+use crate::cellmeta::{CellArrays, CellSource};
 use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::exact_fit::ExactFit;
@@ -185,7 +185,13 @@ pub fn convert_labelled(
         .collect::<Result<Vec<_>>>()?;
     let total_rows: u64 = sources.iter().map(|s| s.rows).sum();
     let widths = index_widths(&sources, opts.index_dtypes);
-    let cells: Vec<CellSource> = sources.iter().map(|s| CellSource { h5: &s.h5, rows: s.rows }).collect();
+    let cells: Vec<CellSource> = sources
+        .iter()
+        .map(|s| CellSource {
+            h5: &s.h5,
+            rows: s.rows,
+        })
+        .collect();
     let meta = CellArrays::plan(&cells, &opts.neighbors, &opts.obsm)?;
     // None: --data-dtype auto, decided once the values are known to be stored in the file.
     let target = match opts.data_dtype {

@@ -160,14 +160,7 @@ impl FeatureIndex {
             Ok(_) => return Err(bad("cumulative_sum_index.npy is not int64".into())),
             Err(e) => return Err(bad(format!("cumulative_sum_index.npy: {e}"))),
         };
-        let labels_path = dir.join("labels.npy");
-        let labels = match fs::read(&labels_path) {
-            Ok(b) => match npy::read_array(&b) {
-                Ok(npy::NpyArray::Unicode(v)) => v,
-                _ => Vec::new(),
-            },
-            Err(_) => Vec::new(),
-        };
+        let labels = read_labels(dir)?;
         let version = fs::read(dir.join("version.npy"))
             .ok()
             .and_then(|b| match npy::read_array(&b) {
@@ -201,6 +194,28 @@ impl FeatureIndex {
         }
         Ok(FeatureIndex { blocks, version })
     }
+}
+
+/// The block labels: `labels.json` (bionemo-scdl after 0.1.3: a JSON list of strings or nulls,
+/// null read as ""), else `labels.npy` (a unicode array, never unpickled), else none.
+fn read_labels(dir: &Path) -> Result<Vec<String>> {
+    let json_path = dir.join("labels.json");
+    if let Ok(text) = fs::read_to_string(&json_path) {
+        let v: Vec<Option<String>> = serde_json::from_str(&text).map_err(|e| {
+            Error::archive(
+                &json_path,
+                format!("not a JSON list of strings or nulls: {e}"),
+            )
+        })?;
+        return Ok(v.into_iter().map(Option::unwrap_or_default).collect());
+    }
+    Ok(match fs::read(dir.join("labels.npy")) {
+        Ok(b) => match npy::read_array(&b) {
+            Ok(npy::NpyArray::Unicode(v)) => v,
+            _ => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    })
 }
 
 /// The block ends of a feature directory's `cumulative_sum_index.npy` ([-1, end0, end1, ...]

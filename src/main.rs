@@ -525,6 +525,9 @@ fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
                         }
                     }
                 }
+                for line in scdl_fs::cellmeta::info_lines(&info) {
+                    println!("{line}");
+                }
             }
             Ok(())
         }

@@ -344,21 +344,21 @@ impl ArchiveWriter {
 
     fn header(&self, fdir: &Path) -> Result<Vec<u8>> {
         let mut arrays = vec![
-                header::ArrayEntry {
-                    name: "DATA".into(),
-                    length: self.nnz,
-                    dtype: self.dtype,
-                },
-                header::ArrayEntry {
-                    name: "ROWPTR".into(),
-                    length: self.rows + 1,
-                    dtype: self.widths.row_ptr,
-                },
-                header::ArrayEntry {
-                    name: "COLPTR".into(),
-                    length: self.nnz,
-                    dtype: self.widths.col_ptr,
-                },
+            header::ArrayEntry {
+                name: "DATA".into(),
+                length: self.nnz,
+                dtype: self.dtype,
+            },
+            header::ArrayEntry {
+                name: "ROWPTR".into(),
+                length: self.rows + 1,
+                dtype: self.widths.row_ptr,
+            },
+            header::ArrayEntry {
+                name: "COLPTR".into(),
+                length: self.nnz,
+                dtype: self.widths.col_ptr,
+            },
         ];
         arrays.extend(self.extra_arrays.iter().map(|(_, a)| a.clone()));
         Ok(header::encode(&arrays, &self.feature_index_entries(fdir)?))

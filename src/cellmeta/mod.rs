@@ -31,7 +31,12 @@ pub struct CellSource<'a> {
 
 /// The dtype an archive records for `file` (its `header.sch` name `header_name`): dtypes.json
 /// first (0.0.5 and us), then header.sch (0.1.3), else `default` (bionemo's).
-pub fn recorded_dtype(archive: &Path, file: &str, header_name: &str, default: Dtype) -> Result<Dtype> {
+pub fn recorded_dtype(
+    archive: &Path,
+    file: &str,
+    header_name: &str,
+    default: Dtype,
+) -> Result<Dtype> {
     let bad = |m: String| Error::archive(archive, m);
     if let Ok(text) = fs::read_to_string(archive.join(FileNames::DTYPES)) {
         let v: serde_json::Value =
@@ -106,7 +111,10 @@ impl UintFile {
     /// Opens `path` holding `dtype` integers (a float or signed type is refused).
     pub fn open(path: PathBuf, dtype: Dtype) -> Result<UintFile> {
         if dtype.is_float() || dtype.is_signed_int() {
-            return Err(Error::archive(&path, format!("must hold unsigned integers, not {dtype}")));
+            return Err(Error::archive(
+                &path,
+                format!("must hold unsigned integers, not {dtype}"),
+            ));
         }
         let (file, bytes) = open_sized(&path, dtype)?;
         Ok(UintFile {
@@ -155,9 +163,8 @@ pub(crate) fn open_sized(path: &Path, dtype: Dtype) -> Result<(File, u64)> {
 /// `len` bytes of `file` at `offset`.
 pub(crate) fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset).map_err(|e| {
-        Error::archive(path, format!("read of {len} bytes at {offset}: {e}"))
-    })?;
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| Error::archive(path, format!("read of {len} bytes at {offset}: {e}")))?;
     Ok(buf)
 }
 
@@ -278,4 +285,26 @@ fn obsm_parts(archives: &[crate::archive::Archive]) -> Vec<(&Path, &[ObsmArray])
         .iter()
         .map(|a| (a.path.as_path(), a.obsm_keys()))
         .collect()
+}
+
+/// `scdl-fs info`'s lines for the neighbor graph and obsm.
+pub fn info_lines(info: &crate::archive::ArchiveInfo) -> Vec<String> {
+    let mut out = vec![match &info.neighbors {
+        None => "neighbors none".to_string(),
+        Some(n) => format!(
+            "neighbors key {}, {} edges (indices {}, weights {})",
+            n.key.as_deref().unwrap_or("(not recorded)"),
+            n.nnz,
+            n.indices,
+            n.values
+        ),
+    }];
+    if info.obsm.is_empty() {
+        out.push("obsm      none".into());
+    }
+    for (i, o) in info.obsm.iter().enumerate() {
+        let head = if i == 0 { "obsm     " } else { "         " };
+        out.push(format!("{head} {} {} {:?}", o.key, o.dtype, o.shape));
+    }
+    out
 }

@@ -123,11 +123,18 @@ impl NeighborPlan {
     /// Bytes the three files take.
     pub fn disk_bytes(&self, rows: u64) -> u64 {
         let per = (self.indices.size() + self.values.size()) as u64;
-        self.nnz.saturating_mul(per).saturating_add(rows.saturating_add(1) * 8)
+        self.nnz
+            .saturating_mul(per)
+            .saturating_add(rows.saturating_add(1) * 8)
     }
 
     /// Streams every source's graph into the archive being written.
-    pub fn write(&self, sources: &[CellSource], writer: &mut ArchiveWriter, scratch: &Path) -> Result<()> {
+    pub fn write(
+        &self,
+        sources: &[CellSource],
+        writer: &mut ArchiveWriter,
+        scratch: &Path,
+    ) -> Result<()> {
         let mut out = GraphFiles::create(writer.dir(), self)?;
         for s in sources {
             let m = s.h5.matrix(&format!("/obsp/{}", self.key))?;
@@ -146,10 +153,17 @@ fn check_graph<'a>(s: &CellSource<'a>, key: &str) -> Result<crate::h5ad::MatrixR
     let loc = format!("/obsp/{key}");
     let m = s.h5.matrix(&loc)?;
     if m.layout == Layout::Dense {
-        return Err(s.h5.error(&loc, "a dense array: a neighbor graph must be a sparse (CSR or CSC) matrix"));
+        return Err(s.h5.error(
+            &loc,
+            "a dense array: a neighbor graph must be a sparse (CSR or CSC) matrix",
+        ));
     }
     if m.n_rows != s.rows || m.n_cols != s.rows {
-        let what = if m.n_rows != m.n_cols { "not square" } else { "not n_obs wide" };
+        let what = if m.n_rows != m.n_cols {
+            "not square"
+        } else {
+            "not n_obs wide"
+        };
         let n = s.rows;
         return Err(s.h5.error(
             &loc,
@@ -193,7 +207,12 @@ impl GraphFiles {
         })
     }
 
-    fn append<S: Element, T: Element>(&mut self, b: &Block<S>, s: &CellSource, location: String) -> Result<()> {
+    fn append<S: Element, T: Element>(
+        &mut self,
+        b: &Block<S>,
+        s: &CellSource,
+        location: String,
+    ) -> Result<()> {
         let mut vals: Vec<T> = Vec::with_capacity(b.vals.len());
         if let Err(i) = convert_into(&b.vals, &mut vals, false) {
             let element = b.first_element + i as u64;
@@ -233,7 +252,10 @@ impl GraphFiles {
         writer.add_array(INDICES, HEADER_INDICES, nnz, self.index_dtype);
         writer.add_array(VALUES, HEADER_VALUES, nnz, self.value_dtype);
         let p = writer.dir().join(KEY_FILE);
-        crate::archive::write_synced_bytes(&p, serde_json::json!({ "key": key }).to_string().as_bytes())
+        crate::archive::write_synced_bytes(
+            &p,
+            serde_json::json!({ "key": key }).to_string().as_bytes(),
+        )
     }
 }
 
@@ -257,20 +279,33 @@ impl GraphConcat {
             )));
         }
         let graphs: Vec<&Neighbors> = parts.iter().filter_map(|p| p.1).collect();
-        let values = graphs.iter().map(|g| g.values_dtype).reduce(crate::convert::promote).unwrap_or(Dtype::F32);
+        let values = graphs
+            .iter()
+            .map(|g| g.values_dtype)
+            .reduce(crate::convert::promote)
+            .unwrap_or(Dtype::F32);
         let rows: u64 = parts.iter().map(|p| p.2).sum();
-        let key = graphs.iter().find_map(|g| g.key.clone()).unwrap_or_else(|| DEFAULT_KEY.into());
+        let key = graphs
+            .iter()
+            .find_map(|g| g.key.clone())
+            .unwrap_or_else(|| DEFAULT_KEY.into());
         let plan = NeighborPlan {
             key,
             values,
-            indices: if rows <= u32::MAX as u64 + 1 { Dtype::U32 } else { Dtype::U64 },
+            indices: if rows <= u32::MAX as u64 + 1 {
+                Dtype::U32
+            } else {
+                Dtype::U64
+            },
             nnz: graphs.iter().map(|g| g.nnz).sum(),
         };
         Ok(Some(plan))
     }
 
     pub fn create(writer: &ArchiveWriter, plan: &NeighborPlan) -> Result<GraphConcat> {
-        Ok(GraphConcat { files: GraphFiles::create(writer.dir(), plan)? })
+        Ok(GraphConcat {
+            files: GraphFiles::create(writer.dir(), plan)?,
+        })
     }
 
     /// Appends one archive's graph, rows rebased by the rows before it.
@@ -281,14 +316,23 @@ impl GraphConcat {
         let mut r = 0;
         while r < rows {
             let end = (r + CHUNK).min(rows);
-            let ends: Vec<u64> = ptr.read(r + 1, end + 1)?.iter().map(|e| e + f.first_value).collect();
+            let ends: Vec<u64> = ptr
+                .read(r + 1, end + 1)?
+                .iter()
+                .map(|e| e + f.first_value)
+                .collect();
             f.indptr.write_uints(&ends, Dtype::U64)?;
             r = end;
         }
         let mut a = 0;
         while a < g.nnz {
             let b = (a + CHUNK).min(g.nnz);
-            let idx: Vec<u64> = g.indices.read(a, b)?.iter().map(|i| i + f.first_row).collect();
+            let idx: Vec<u64> = g
+                .indices
+                .read(a, b)?
+                .iter()
+                .map(|i| i + f.first_row)
+                .collect();
             f.indices.write_uints(&idx, f.index_dtype)?;
             let raw = g.values_bytes(a, b)?;
             with_element_type!(g.values_dtype, S => with_element_type!(f.value_dtype, T => {
@@ -350,21 +394,49 @@ impl Neighbors {
         let (values, vbytes) = super::open_sized(&p(VALUES), values_dtype)?;
         let nnz = indices.len;
         if vbytes / values_dtype.size() as u64 != nnz {
-            return Err(Error::archive(&p(VALUES), format!("holds {} weights but {INDICES} holds {nnz} neighbors", vbytes / values_dtype.size() as u64)));
+            return Err(Error::archive(
+                &p(VALUES),
+                format!(
+                    "holds {} weights but {INDICES} holds {nnz} neighbors",
+                    vbytes / values_dtype.size() as u64
+                ),
+            ));
         }
         if indptr.len != num_rows + 1 {
-            return Err(Error::archive(&indptr.path, format!("has {} entries but the archive has {num_rows} rows (needs {})", indptr.len, num_rows + 1)));
+            return Err(Error::archive(
+                &indptr.path,
+                format!(
+                    "has {} entries but the archive has {num_rows} rows (needs {})",
+                    indptr.len,
+                    num_rows + 1
+                ),
+            ));
         }
         check_offsets(&indptr, nnz)?;
         indices.for_each_chunk(&mut |at, v| match v.iter().position(|&i| i >= num_rows) {
-            Some(k) => Err(Error::archive(&indices.path, format!("neighbor {} at position {} is not a row (the archive has {num_rows})", v[k], at + k as u64))),
+            Some(k) => Err(Error::archive(
+                &indices.path,
+                format!(
+                    "neighbor {} at position {} is not a row (the archive has {num_rows})",
+                    v[k],
+                    at + k as u64
+                ),
+            )),
             None => Ok(()),
         })?;
         let key = std::fs::read_to_string(p(KEY_FILE))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.get("key").and_then(|k| k.as_str()).map(str::to_string));
-        Ok(Some(Neighbors { path: archive.to_path_buf(), key, nnz, values_dtype, indptr, indices, values }))
+        Ok(Some(Neighbors {
+            path: archive.to_path_buf(),
+            key,
+            nnz,
+            values_dtype,
+            indptr,
+            indices,
+            values,
+        }))
     }
 
     /// The neighbor positions [start, end) of `row`.
@@ -376,7 +448,12 @@ impl Neighbors {
     /// The raw little-endian weights [a, b).
     pub fn values_bytes(&self, a: u64, b: u64) -> Result<Vec<u8>> {
         let s = self.values_dtype.size() as u64;
-        super::read_at(&self.values, &self.path.join(VALUES), a * s, ((b - a) * s) as usize)
+        super::read_at(
+            &self.values,
+            &self.path.join(VALUES),
+            a * s,
+            ((b - a) * s) as usize,
+        )
     }
 
     pub fn info(&self) -> NeighborInfo {
@@ -403,7 +480,10 @@ fn check_offsets(indptr: &UintFile, nnz: u64) -> Result<()> {
         Ok(())
     })?;
     if prev != nnz {
-        return Err(Error::archive(&indptr.path, format!("ends at {prev} but there are {nnz} neighbors")));
+        return Err(Error::archive(
+            &indptr.path,
+            format!("ends at {prev} but there are {nnz} neighbors"),
+        ));
     }
     Ok(())
 }

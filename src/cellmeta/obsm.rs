@@ -35,7 +35,9 @@ impl std::str::FromStr for ObsmChoice {
             _ => {
                 let keys: Vec<String> = s.split(',').map(str::to_string).collect();
                 if keys.iter().any(|k| k.is_empty() || k == "." || k == "..") {
-                    return Err(format!("bad --obsm '{s}': expected all, none or KEY,KEY,..."));
+                    return Err(format!(
+                        "bad --obsm '{s}': expected all, none or KEY,KEY,..."
+                    ));
                 }
                 Ok(ObsmChoice::Keys(keys))
             }
@@ -86,7 +88,10 @@ pub fn plan(sources: &[CellSource], choice: &ObsmChoice) -> Result<Vec<ObsmKey>>
         }
         for (i, key) in keys.iter().enumerate() {
             if !have.contains(key) {
-                return Err(s.h5.error(&format!("/obsm/{key}"), format!("no such obsm key (--obsm); obsm has: {}", listing(&have))));
+                return Err(s.h5.error(
+                    &format!("/obsm/{key}"),
+                    format!("no such obsm key (--obsm); obsm has: {}", listing(&have)),
+                ));
             }
             let k = check_key(s, key)?;
             match out.get(i) {
@@ -109,22 +114,44 @@ fn check_key(s: &CellSource, key: &str) -> Result<ObsmKey> {
     })?;
     let shape: Vec<u64> = ds.shape().iter().map(|&d| d as u64).collect();
     if shape.is_empty() || shape.len() > 2 {
-        return Err(s.h5.error(&loc, format!("shape {shape:?}: expected 1-D or 2-D")));
+        return Err(s
+            .h5
+            .error(&loc, format!("shape {shape:?}: expected 1-D or 2-D")));
     }
     if shape[0] != s.rows {
-        return Err(s.h5.error(&loc, format!("has {} rows (first dimension) but the file has {} cells", shape[0], s.rows)));
+        return Err(s.h5.error(
+            &loc,
+            format!(
+                "has {} rows (first dimension) but the file has {} cells",
+                shape[0], s.rows
+            ),
+        ));
     }
-    let desc = ds.dtype().and_then(|t| t.to_descriptor()).map_err(|e| s.h5.error(&loc, format!("unreadable datatype: {e}")))?;
-    let dtype = crate::h5ad::element_dtype(&desc).ok_or_else(|| s.h5.error(&loc, format!("values must be numeric, found {desc:?}")))?;
+    let desc = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(|e| s.h5.error(&loc, format!("unreadable datatype: {e}")))?;
+    let dtype = crate::h5ad::element_dtype(&desc).ok_or_else(|| {
+        s.h5.error(&loc, format!("values must be numeric, found {desc:?}"))
+    })?;
     if let Some(u) = crate::h5ad::unbacked(&ds) {
         return Err(s.h5.error(&loc, u.to_string()));
     }
-    Ok(ObsmKey { key: key.to_string(), dtype, row_shape: shape[1..].to_vec() })
+    Ok(ObsmKey {
+        key: key.to_string(),
+        dtype,
+        row_shape: shape[1..].to_vec(),
+    })
 }
 
 /// Bytes the keys take for `rows` rows.
 pub fn disk_bytes(keys: &[ObsmKey], rows: u64) -> u64 {
-    keys.iter().map(|k| rows.saturating_mul(k.width()).saturating_mul(k.dtype.size() as u64)).fold(0, u64::saturating_add)
+    keys.iter()
+        .map(|k| {
+            rows.saturating_mul(k.width())
+                .saturating_mul(k.dtype.size() as u64)
+        })
+        .fold(0, u64::saturating_add)
 }
 
 /// The `.npy` file of one key being written.
@@ -142,7 +169,10 @@ fn create_files(dir: &Path, keys: &[ObsmKey], rows: u64) -> Result<Vec<KeyFile>>
             let mut shape = vec![rows];
             shape.extend(&k.row_shape);
             file.write(&crate::npy::header(k.dtype.descr(), &shape))?;
-            Ok(KeyFile { file, key: k.clone() })
+            Ok(KeyFile {
+                file,
+                key: k.clone(),
+            })
         })
         .collect()
 }
@@ -164,7 +194,10 @@ pub fn write(keys: &[ObsmKey], sources: &[CellSource], writer: &ArchiveWriter) -
     for s in sources {
         for f in &mut files {
             let loc = format!("/obsm/{}", f.key.key);
-            let ds = s.h5.file().dataset(&loc).map_err(|e| s.h5.error(&loc, e.to_string()))?;
+            let ds =
+                s.h5.file()
+                    .dataset(&loc)
+                    .map_err(|e| s.h5.error(&loc, e.to_string()))?;
             let width = f.key.width().max(1);
             let step = (crate::h5ad::BLOCK_ELEMENTS as u64 / width).max(1);
             let mut r = 0;
@@ -218,8 +251,15 @@ impl ObsmArray {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&dir).at(&dir)? {
             let p = e.at(&dir)?.path();
-            let Some(key) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".npy")) else {
-                return Err(Error::archive(&p, "not a .npy file: obsm/ holds only KEY.npy files"));
+            let Some(key) = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".npy"))
+            else {
+                return Err(Error::archive(
+                    &p,
+                    "not a .npy file: obsm/ holds only KEY.npy files",
+                ));
             };
             out.push(ObsmArray::open(&p, key.to_string(), num_rows)?);
         }
@@ -235,15 +275,31 @@ impl ObsmArray {
         let mut head = vec![0u8; 4096.min(size as usize)];
         file.read_exact(&mut head).at(path)?;
         let (descr, shape, data_offset) = crate::npy::parse_header(&head).map_err(bad)?;
-        let dtype = Dtype::from_numpy(&descr).filter(|_| !descr.starts_with('>')).ok_or_else(|| bad(format!("unsupported dtype {descr}")))?;
+        let dtype = Dtype::from_numpy(&descr)
+            .filter(|_| !descr.starts_with('>'))
+            .ok_or_else(|| bad(format!("unsupported dtype {descr}")))?;
         if shape.is_empty() || shape.len() > 2 || shape[0] != num_rows {
-            return Err(bad(format!("shape {shape:?}: expected ({num_rows},) or ({num_rows}, width)")));
+            return Err(bad(format!(
+                "shape {shape:?}: expected ({num_rows},) or ({num_rows}, width)"
+            )));
         }
-        let want = shape.iter().try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d)).and_then(|b| b.checked_add(data_offset as u64));
+        let want = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d))
+            .and_then(|b| b.checked_add(data_offset as u64));
         if want != Some(size) {
-            return Err(bad(format!("{size} bytes, but its header ({descr}, {shape:?}) needs {want:?}")));
+            return Err(bad(format!(
+                "{size} bytes, but its header ({descr}, {shape:?}) needs {want:?}"
+            )));
         }
-        Ok(ObsmArray { path: path.to_path_buf(), key, dtype, shape, data_offset: data_offset as u64, file })
+        Ok(ObsmArray {
+            path: path.to_path_buf(),
+            key,
+            dtype,
+            shape,
+            data_offset: data_offset as u64,
+            file,
+        })
     }
 
     /// Values per row.
@@ -254,11 +310,20 @@ impl ObsmArray {
     /// The raw little-endian bytes of rows [a, b).
     pub fn rows_bytes(&self, a: u64, b: u64) -> Result<Vec<u8>> {
         let row = self.width() * self.dtype.size() as u64;
-        super::read_at(&self.file, &self.path, self.data_offset + a * row, ((b - a) * row) as usize)
+        super::read_at(
+            &self.file,
+            &self.path,
+            self.data_offset + a * row,
+            ((b - a) * row) as usize,
+        )
     }
 
     pub fn info(&self) -> ObsmInfo {
-        ObsmInfo { key: self.key.clone(), dtype: self.dtype.name().into(), shape: self.shape.clone() }
+        ObsmInfo {
+            key: self.key.clone(),
+            dtype: self.dtype.name().into(),
+            shape: self.shape.clone(),
+        }
     }
 }
 
@@ -282,8 +347,16 @@ pub fn check_concat(parts: &[(&Path, &[ObsmArray])]) -> Result<()> {
     let keys = keys_of(first);
     for (path, arrays) in parts {
         let theirs = keys_of(arrays);
-        let odd = keys.iter().find(|k| !theirs.contains(k)).map(|k| (first_path, k, path));
-        let odd = odd.or_else(|| theirs.iter().find(|k| !keys.contains(k)).map(|k| (path, k, first_path)));
+        let odd = keys
+            .iter()
+            .find(|k| !theirs.contains(k))
+            .map(|k| (first_path, k, path));
+        let odd = odd.or_else(|| {
+            theirs
+                .iter()
+                .find(|k| !keys.contains(k))
+                .map(|k| (path, k, first_path))
+        });
         if let Some((has, k, lacks)) = odd {
             return Err(Error::Usage(format!(
                 "{}: has obsm key '{}' ({}, rows {:?}) but {} has no such key of that width and dtype: concat needs the same obsm keys in every input",
@@ -303,7 +376,10 @@ pub fn concat(parts: &[(&Path, &[ObsmArray])], writer: &ArchiveWriter) -> Result
     if keys.is_empty() {
         return Ok(());
     }
-    let rows = parts.iter().map(|(_, a)| a.first().map_or(0, |x| x.shape[0])).sum();
+    let rows = parts
+        .iter()
+        .map(|(_, a)| a.first().map_or(0, |x| x.shape[0]))
+        .sum();
     let mut files = create_files(writer.dir(), &keys, rows)?;
     for (_, arrays) in parts {
         for (f, a) in files.iter_mut().zip(arrays.iter()) {

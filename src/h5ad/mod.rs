@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use dataframe::{Column, DataFrame};
-pub use matrix::{Block, Layout, MatrixReader, BLOCK_ELEMENTS};
 pub(crate) use matrix::element_dtype;
+pub use matrix::{Block, Layout, MatrixReader, BLOCK_ELEMENTS};
 
 use crate::error::{Error, Result};
 
