@@ -267,7 +267,22 @@ fn to_arrow(col: &Column) -> ArrayRef {
 }
 
 fn write_parquet(path: &Path, frame: &FeatureFrame) -> Result<()> {
-    let fail = |e: parquet::errors::ParquetError| Error::archive(path, e.to_string());
+    let file = fs::File::create(path).at(path)?;
+    write_parquet_to(file, frame).map_err(|e| Error::archive(path, e))
+}
+
+/// `frame` as a parquet file in memory (the mount's `obs/<a>-<b>.parquet`).
+pub(crate) fn parquet_bytes(frame: &FeatureFrame) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    write_parquet_to(&mut out, frame)?;
+    Ok(out)
+}
+
+fn write_parquet_to<W: std::io::Write + Send>(
+    out: W,
+    frame: &FeatureFrame,
+) -> std::result::Result<(), String> {
+    let fail = |e: parquet::errors::ParquetError| e.to_string();
     let fields: Vec<Field> = frame
         .columns
         .iter()
@@ -278,16 +293,14 @@ fn write_parquet(path: &Path, frame: &FeatureFrame) -> Result<()> {
     let batch = if arrays.is_empty() {
         RecordBatch::new_empty(schema.clone())
     } else {
-        RecordBatch::try_new(schema.clone(), arrays)
-            .map_err(|e| Error::archive(path, e.to_string()))?
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())?
     };
-    let file = fs::File::create(path).at(path)?;
     // Snappy, as pandas writes them (what bionemo-scdl's own parquet files use): a block of
     // 200,000 cell ids takes 1.2 MB instead of 2.9 MB.
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .build();
-    let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(fail)?;
+    let mut w = ArrowWriter::try_new(out, schema, Some(props)).map_err(fail)?;
     w.write(&batch).map_err(fail)?;
     w.close().map_err(fail)?;
     Ok(())

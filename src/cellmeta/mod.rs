@@ -9,6 +9,7 @@
 
 pub mod neighbors;
 pub mod obsm;
+pub mod render;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};

@@ -26,6 +26,11 @@ pub enum Kind {
     Row = 9,
     CsrDir = 10,
     Range = 11,
+    /// Per-cell metadata (`metadata.rs`): directories, row files, ranges, store files.
+    MetaDir = 12,
+    MetaFile = 13,
+    MetaRange = 14,
+    MetaStore = 15,
 }
 
 impl Kind {
@@ -43,6 +48,10 @@ impl Kind {
             Row,
             CsrDir,
             Range,
+            MetaDir,
+            MetaFile,
+            MetaRange,
+            MetaStore,
         ]
         .into_iter()
         .find(|x| *x as u8 == k)
@@ -71,22 +80,43 @@ pub struct Range {
     pub end: u64,
 }
 
-/// The range inodes the kernel holds, with its lookup counts.
-#[derive(Default)]
-pub struct RangeTable {
-    inner: Mutex<Ranges>,
+/// What a range table holds: a key and the inode it gets for an id.
+pub trait RangeKey: Copy + Eq + std::hash::Hash {
+    fn ino(&self, id: u64) -> u64;
 }
 
-#[derive(Default)]
-struct Ranges {
-    ids: HashMap<Range, u64>,
-    nodes: HashMap<u64, (Range, u64)>,
+impl RangeKey for Range {
+    fn ino(&self, id: u64) -> u64 {
+        ino(Kind::Range, self.dataset, id)
+    }
+}
+
+/// The range inodes the kernel holds, with its lookup counts.
+pub struct RangeTable<K: RangeKey = Range> {
+    inner: Mutex<Ranges<K>>,
+}
+
+impl<K: RangeKey> Default for RangeTable<K> {
+    fn default() -> Self {
+        RangeTable {
+            inner: Mutex::new(Ranges {
+                ids: HashMap::new(),
+                nodes: HashMap::new(),
+                next: 0,
+            }),
+        }
+    }
+}
+
+struct Ranges<K> {
+    ids: HashMap<K, u64>,
+    nodes: HashMap<u64, (K, u64)>,
     next: u64,
 }
 
-impl RangeTable {
+impl<K: RangeKey> RangeTable<K> {
     /// The inode of `range`; counts a lookup (the kernel forgets it later).
-    pub fn lookup(&self, range: Range) -> u64 {
+    pub fn lookup(&self, range: K) -> u64 {
         let mut t = self.inner.lock().expect("ranges");
         let id = match t.ids.get(&range) {
             Some(&id) => id,
@@ -99,7 +129,7 @@ impl RangeTable {
             }
         };
         t.nodes.get_mut(&id).expect("inserted").1 += 1;
-        ino(Kind::Range, range.dataset, id)
+        range.ino(id)
     }
 
     /// The kernel dropped `n` references to range `id`.
@@ -118,7 +148,7 @@ impl RangeTable {
         }
     }
 
-    pub fn get(&self, id: u64) -> Option<Range> {
+    pub fn get(&self, id: u64) -> Option<K> {
         self.inner
             .lock()
             .expect("ranges")

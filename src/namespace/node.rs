@@ -35,6 +35,8 @@ pub(super) enum Part {
         span: RowSpan,
         csr: bool,
     },
+    /// Per-cell metadata (`metadata.rs`).
+    Meta(super::metadata::Meta),
 }
 
 /// The inode of archive file `name` of dataset `id`.
@@ -86,6 +88,9 @@ impl Namespace {
                     csr: range.csr,
                 })
             }
+            Kind::MetaDir | Kind::MetaFile | Kind::MetaRange | Kind::MetaStore => {
+                self.meta_part(r, kind, index)
+            }
             Kind::DatasetDir | Kind::Input | Kind::Status => None,
         }
     }
@@ -101,14 +106,14 @@ impl Namespace {
         if parent == ROOT_INO {
             return self.child_of_root(name);
         }
-        let (kind, id, _) = inode::split(parent).ok_or(FsError::NotFound)?;
+        let (kind, id, index) = inode::split(parent).ok_or(FsError::NotFound)?;
         if kind == Kind::DatasetDir && name == "status.json" {
             self.catalog.dataset(id).ok_or(FsError::NotFound)?;
             return Ok(ino(Kind::Status, id, 0));
         }
         if !matches!(
             kind,
-            Kind::DatasetDir | Kind::FeaturesDir | Kind::RowsDir | Kind::CsrDir
+            Kind::DatasetDir | Kind::FeaturesDir | Kind::RowsDir | Kind::CsrDir | Kind::MetaDir
         ) {
             return Err(FsError::NotDir);
         }
@@ -117,6 +122,7 @@ impl Namespace {
             Kind::DatasetDir => dataset_child(id, &r, name),
             Kind::FeaturesDir => features_child(id, &r, name),
             Kind::RowsDir => self.rows_child(id, &r, name),
+            Kind::MetaDir => self.meta_child(id, &r, index, name),
             _ => self.csr_child(id, &r, name),
         }
     }
@@ -185,7 +191,7 @@ fn dataset_child(id: u16, r: &ReadyDataset, name: &str) -> FsResult<u64> {
         "features" => Ok(ino(Kind::FeaturesDir, id, 0)),
         "rows" => Ok(ino(Kind::RowsDir, id, 0)),
         "csr" => Ok(ino(Kind::CsrDir, id, 0)),
-        _ => Err(FsError::NotFound),
+        _ => super::metadata::dataset_child(id, r, name).ok_or(FsError::NotFound),
     }
 }
 
