@@ -45,12 +45,17 @@ fn block_of(obs: &ObsIndex, row: u64) -> Option<(&FeatureFrame, usize)> {
 /// `obs/<i>.json` (None past the last row).
 pub fn obs_row_json(obs: &ObsIndex, row: u64) -> Option<Vec<u8>> {
     let (frame, at) = block_of(obs, row)?;
-    let mut m = serde_json::Map::new();
-    for (name, col) in &frame.columns {
-        m.insert(name.clone(), crate::render::cell_json(col, at));
+    // Written by hand to keep the stored column order (serde_json's maps sort their keys).
+    let mut out = vec![b'{'];
+    for (k, (name, col)) in frame.columns.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, name).expect("serialisable");
+        out.push(b':');
+        serde_json::to_writer(&mut out, &crate::render::cell_json(col, at)).expect("serialisable");
     }
-    let mut out = serde_json::to_vec(&serde_json::Value::Object(m)).expect("serialisable");
-    out.push(b'\n');
+    out.extend_from_slice(b"}\n");
     Some(out)
 }
 

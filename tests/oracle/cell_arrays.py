@@ -99,7 +99,8 @@ def check_graph_raw(archive, want):
 
 def check_obsm_raw(archive, want):
     d = os.path.join(archive, "obsm")
-    have = sorted(f[:-4] for f in os.listdir(d)) if os.path.isdir(d) else []
+    # (through the mount, obsm/ also holds a directory per key: only the .npy files are the archive's)
+    have = sorted(f[:-4] for f in os.listdir(d) if f.endswith(".npy")) if os.path.isdir(d) else []
     if have != sorted(want):
         raise CellMismatch(f"obsm/ holds {have}, expected {sorted(want)}")
     for k, w in want.items():
