@@ -203,15 +203,7 @@ pub fn convert_labelled(
             .or(Some(Dtype::F32)),
         DataDtypeChoice::Auto => None,
     };
-    // obs_features/ holds what the inputs' obs hold: their files' sizes bound it.
-    let obs_bytes: u64 = match opts.obs {
-        ObsChoice::None => 0,
-        _ => files
-            .iter()
-            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-            .sum(),
-    }
-    .saturating_add(meta.disk_bytes(total_rows));
+    let obs_bytes = metadata_bytes(files, &opts.obs, &meta, total_rows);
     let needed_for = |t: Dtype| disk_bytes(&sources, t, widths).saturating_add(obs_bytes);
     if let Some(t) = target {
         crate::space::ensure_room(output, needed_for(t))?;
@@ -256,6 +248,19 @@ pub fn convert_labelled(
         writer.set_obs(obs);
     }
     writer.finish(&features)
+}
+
+/// The most disk the per-cell metadata takes: obs_features/ holds what the inputs' obs hold
+/// (their files' sizes bound it), and the graph and obsm files.
+fn metadata_bytes(files: &[PathBuf], obs: &ObsChoice, meta: &CellArrays, rows: u64) -> u64 {
+    let obs_bytes: u64 = match obs {
+        ObsChoice::None => 0,
+        _ => files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum(),
+    };
+    obs_bytes.saturating_add(meta.disk_bytes(rows))
 }
 
 /// The obs of every source, one block per source (merged when their columns agree); None with

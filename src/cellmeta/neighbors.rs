@@ -395,35 +395,14 @@ impl Neighbors {
         let nnz = indices.len;
         if vbytes / values_dtype.size() as u64 != nnz {
             return Err(Error::archive(
-                &p(VALUES),
+                p(VALUES),
                 format!(
                     "holds {} weights but {INDICES} holds {nnz} neighbors",
                     vbytes / values_dtype.size() as u64
                 ),
             ));
         }
-        if indptr.len != num_rows + 1 {
-            return Err(Error::archive(
-                &indptr.path,
-                format!(
-                    "has {} entries but the archive has {num_rows} rows (needs {})",
-                    indptr.len,
-                    num_rows + 1
-                ),
-            ));
-        }
-        check_offsets(&indptr, nnz)?;
-        indices.for_each_chunk(&mut |at, v| match v.iter().position(|&i| i >= num_rows) {
-            Some(k) => Err(Error::archive(
-                &indices.path,
-                format!(
-                    "neighbor {} at position {} is not a row (the archive has {num_rows})",
-                    v[k],
-                    at + k as u64
-                ),
-            )),
-            None => Ok(()),
-        })?;
+        check_shape(&indptr, &indices, num_rows)?;
         let key = std::fs::read_to_string(p(KEY_FILE))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -464,6 +443,32 @@ impl Neighbors {
             values: self.values_dtype.name().into(),
         }
     }
+}
+
+/// One offset per row and one more, valid offsets, every neighbor a row.
+fn check_shape(indptr: &UintFile, indices: &UintFile, num_rows: u64) -> Result<()> {
+    if indptr.len != num_rows + 1 {
+        return Err(Error::archive(
+            &indptr.path,
+            format!(
+                "has {} entries but the archive has {num_rows} rows (needs {})",
+                indptr.len,
+                num_rows + 1
+            ),
+        ));
+    }
+    check_offsets(indptr, indices.len)?;
+    indices.for_each_chunk(&mut |at, v| match v.iter().position(|&i| i >= num_rows) {
+        Some(k) => Err(Error::archive(
+            &indices.path,
+            format!(
+                "neighbor {} at position {} is not a row (the archive has {num_rows})",
+                v[k],
+                at + k as u64
+            ),
+        )),
+        None => Ok(()),
+    })
 }
 
 /// Offsets start at 0, never decrease and end at `nnz`.
