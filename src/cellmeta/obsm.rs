@@ -34,9 +34,10 @@ impl std::str::FromStr for ObsmChoice {
             "none" => Ok(ObsmChoice::None),
             _ => {
                 let keys: Vec<String> = s.split(',').map(str::to_string).collect();
-                if keys.iter().any(|k| k.is_empty() || k == "." || k == "..") {
+                let repeated = keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k));
+                if repeated || keys.iter().any(|k| k.is_empty() || k == "." || k == "..") {
                     return Err(format!(
-                        "bad --obsm '{s}': expected all, none or KEY,KEY,..."
+                        "bad --obsm '{s}': expected all, none or KEY,KEY,... (each key once)"
                     ));
                 }
                 Ok(ObsmChoice::Keys(keys))
@@ -393,4 +394,24 @@ pub fn concat(parts: &[(&Path, &[ObsmArray])], writer: &ArchiveWriter) -> Result
         }
     }
     finish_files(files, writer.dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cellmeta::NeighborChoice;
+
+    #[test]
+    fn choices_parse_and_print_back() {
+        for s in ["all", "none", "X_pca", "X_pca,spatial"] {
+            assert_eq!(s.parse::<ObsmChoice>().unwrap().to_string(), s);
+        }
+        for bad in ["", "a,,b", "a,a", ".."] {
+            assert!(bad.parse::<ObsmChoice>().is_err(), "{bad}");
+        }
+        for s in ["auto", "none", "knn"] {
+            assert_eq!(s.parse::<NeighborChoice>().unwrap().to_string(), s);
+        }
+        assert!("".parse::<NeighborChoice>().is_err());
+    }
 }

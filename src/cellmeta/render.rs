@@ -172,3 +172,66 @@ pub fn obsm_read(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An archive directory holding only `obsm/k.npy`: 5 rows of 3 float32.
+    fn obsm_archive(dir: &std::path::Path) -> ObsmArray {
+        std::fs::create_dir(dir.join("obsm")).unwrap();
+        let mut bytes = crate::npy::header("<f4", &[5, 3]);
+        for v in 0..15 {
+            bytes.extend_from_slice(&(v as f32).to_le_bytes());
+        }
+        std::fs::write(dir.join("obsm/k.npy"), bytes).unwrap();
+        ObsmArray::open_all(dir, 5).unwrap().remove(0)
+    }
+
+    #[test]
+    fn obsm_reads_at_any_offset_agree_with_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = obsm_archive(dir.path());
+        for (first, end, single) in [(0, 5, false), (2, 4, false), (3, 4, true)] {
+            let size = obsm_size(&a, first, end, single);
+            let whole = obsm_read(&a, first, end, single, 0, size as usize + 10).unwrap();
+            assert_eq!(whole.len() as u64, size);
+            let (_, shape, off) = crate::npy::parse_header(&whole).unwrap();
+            let rows = if single {
+                vec![3]
+            } else {
+                vec![end - first, 3]
+            };
+            assert_eq!(shape, rows);
+            let first_value = f32::from_le_bytes(whole[off..off + 4].try_into().unwrap());
+            assert_eq!(first_value, (first * 3) as f32);
+            for offset in 0..size {
+                for len in [1, 7, 64] {
+                    let part = obsm_read(&a, first, end, single, offset, len).unwrap();
+                    let stop = (offset as usize + len).min(whole.len());
+                    assert_eq!(part, whole[offset as usize..stop], "{offset}+{len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_obsm_file_whose_size_disagrees_with_its_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        obsm_archive(dir.path());
+        let err = ObsmArray::open_all(dir.path(), 6)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("k.npy") && err.contains("(6,)"), "{err}");
+        let p = dir.path().join("obsm/k.npy");
+        let mut b = std::fs::read(&p).unwrap();
+        b.pop();
+        std::fs::write(&p, b).unwrap();
+        let err = ObsmArray::open_all(dir.path(), 5)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("needs"), "{err}");
+    }
+}
