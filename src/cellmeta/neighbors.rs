@@ -339,8 +339,11 @@ impl GraphConcat {
                 let mut src: Vec<S> = vec![S::default(); raw.len() / std::mem::size_of::<S>()];
                 bytemuck::cast_slice_mut::<S, u8>(&mut src).copy_from_slice(&raw);
                 let mut out: Vec<T> = Vec::with_capacity(src.len());
-                if convert_into(&src, &mut out, false).is_err() {
-                    return Err(Error::archive(&g.path, format!("a weight does not fit {}", f.value_dtype)));
+                if let Err(i) = convert_into(&src, &mut out, false) {
+                    return Err(Error::archive(
+                        g.path.join(VALUES),
+                        format!("weight {} at position {} does not fit {}", src[i], a + i as u64, f.value_dtype),
+                    ));
                 }
                 f.values.write(bytemuck::cast_slice(&out))?
             }));
