@@ -132,7 +132,7 @@ pub fn concat_with(
     );
     let obs_bytes: u64 = archives
         .iter()
-        .map(|a| crate::space::tree_size(&a.path.join(crate::obs::OBS_DIR)))
+        .map(|a| crate::archive::tree_size(&a.path.join(crate::obs::OBS_DIR)))
         .sum();
     let cells = crate::cellmeta::ConcatArrays::plan(&archives)?;
     let obs_bytes = obs_bytes.saturating_add(cells.disk_bytes(&archives));

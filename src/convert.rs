@@ -361,6 +361,33 @@ fn disk_bytes(sources: &[Source], target: Dtype, widths: IndexWidths) -> u64 {
     archive.saturating_add(scratch)
 }
 
+/// Values converted and appended at a time (256 KiB of float32): the writer's buffers stay this
+/// small, whatever the size of the blocks read.
+const WRITE_PIECE: usize = 64 << 10;
+
+/// Converts `block`'s values to `T` and appends them, a piece at a time in `vals` so that a
+/// block is never held twice (as read and as converted); `Ok(Err(i))`: value `i` of the block
+/// does not convert exactly.
+fn append_converted<S: Element, T: Element>(
+    block: &Block<S>,
+    vals: &mut Vec<T>,
+    writer: &mut ArchiveWriter,
+    allow_lossy: bool,
+) -> Result<Result<(), usize>> {
+    let pieces = block
+        .vals
+        .chunks(WRITE_PIECE)
+        .zip(block.cols.chunks(WRITE_PIECE));
+    for (p, (src, cols)) in pieces.enumerate() {
+        vals.clear();
+        if let Err(i) = convert_into(src, vals, allow_lossy) {
+            return Ok(Err(p * WRITE_PIECE + i));
+        }
+        writer.append_elements(cols, vals)?;
+    }
+    Ok(Ok(()))
+}
+
 /// Streams one matrix into the writer: this thread reads, a scoped thread converts and writes.
 fn stream_into<S: Element, T: Element>(
     h5: &H5ad,
@@ -376,10 +403,13 @@ fn stream_into<S: Element, T: Element>(
     let (tx, rx) = mpsc::sync_channel::<Block<S>>(1);
     std::thread::scope(|scope| {
         let consumer = scope.spawn(move || -> Result<()> {
-            let mut vals: Vec<T> = Vec::new();
+            let mut vals: Vec<T> = Vec::with_capacity(WRITE_PIECE);
             for block in rx {
-                vals.clear();
-                if let Err(i) = convert_into(&block.vals, &mut vals, allow_lossy) {
+                if S::DTYPE == T::DTYPE {
+                    // Nothing to convert: the values are written as they were read.
+                    let same: &[T] = bytemuck::cast_slice(&block.vals);
+                    writer.append_elements(&block.cols, same)?;
+                } else if let Err(i) = append_converted(&block, &mut vals, writer, allow_lossy)? {
                     let element = block.first_element + i as u64;
                     return Err(Error::Lossy {
                         file,
@@ -390,7 +420,6 @@ fn stream_into<S: Element, T: Element>(
                         target: T::DTYPE,
                     });
                 }
-                writer.append_elements(&block.cols, &vals)?;
                 writer.end_rows(block.row_ends.iter().map(|e| e + base))?;
                 progress.rows_done(block.row_ends.len() as u64);
             }

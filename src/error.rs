@@ -49,9 +49,9 @@ pub enum Error {
     #[error(
         "{}: needs {} ({needed} bytes) but its file system has {} available, less a reserve of {}: refused before writing",
         path.display(),
-        crate::space::human(*needed),
-        crate::space::human(*available),
-        crate::space::human(*reserve)
+        human(*needed),
+        human(*available),
+        human(*reserve)
     )]
     NoSpace {
         path: PathBuf,
@@ -91,5 +91,32 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+/// Bytes in a human unit, for messages ("8.0 TiB").
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(8 << 40), "8.0 TiB");
     }
 }

@@ -24,14 +24,8 @@ const CANDIDATES: [Dtype; 7] = [
 /// The candidates that hold every value `d` holds (besides `d` itself).
 fn wider_than(d: Dtype) -> &'static [Dtype] {
     match d {
-        Dtype::U8 => &[
-            Dtype::U16,
-            Dtype::F16,
-            Dtype::U32,
-            Dtype::F32,
-            Dtype::U64,
-            Dtype::F64,
-        ],
+        // Every candidate holds every uint8 value.
+        Dtype::U8 => &CANDIDATES[1..],
         Dtype::U16 => &[Dtype::U32, Dtype::F32, Dtype::U64, Dtype::F64],
         Dtype::F16 => &[Dtype::F32, Dtype::F64],
         Dtype::U32 => &[Dtype::U64, Dtype::F64],

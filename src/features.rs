@@ -153,13 +153,7 @@ impl FeatureIndex {
 
     /// Reads an index written by us or by bionemo-scdl (0.0.5 or 0.1.3).
     pub fn read(dir: &Path) -> Result<FeatureIndex> {
-        let bad = |m: String| Error::archive(dir, m);
-        let csum_path = dir.join("cumulative_sum_index.npy");
-        let csum = match npy::read_array(&fs::read(&csum_path).at(&csum_path)?) {
-            Ok(npy::NpyArray::Int64(v)) => v,
-            Ok(_) => return Err(bad("cumulative_sum_index.npy is not int64".into())),
-            Err(e) => return Err(bad(format!("cumulative_sum_index.npy: {e}"))),
-        };
+        let ends = read_cumulative_sum_index(dir)?;
         let labels = read_labels(dir)?;
         let version = fs::read(dir.join("version.npy"))
             .ok()
@@ -169,24 +163,21 @@ impl FeatureIndex {
             })
             .unwrap_or_default();
         let parquets = parquet_files(dir)?;
-        if csum.first() != Some(&-1) || csum.len() != parquets.len() + 1 {
-            return Err(bad(format!(
-                "cumulative_sum_index.npy {:?} does not match {} parquet files",
-                &csum[..csum.len().min(8)],
-                parquets.len()
-            )));
+        if ends.len() != parquets.len() {
+            return Err(Error::archive(
+                dir,
+                format!(
+                    "cumulative_sum_index.npy has {} block ends but there are {} parquet files",
+                    ends.len(),
+                    parquets.len()
+                ),
+            ));
         }
         let mut blocks = Vec::with_capacity(parquets.len());
-        let mut start = 0i64;
-        for (i, p) in parquets.iter().enumerate() {
-            let end = csum[i + 1];
-            if end < start {
-                return Err(bad(format!(
-                    "cumulative_sum_index.npy decreases at block {i}"
-                )));
-            }
+        let mut start = 0u64;
+        for (i, (p, &end)) in parquets.iter().zip(&ends).enumerate() {
             blocks.push(FeatureBlock {
-                rows: (end - start) as u64,
+                rows: end - start,
                 label: labels.get(i).cloned().unwrap_or_default(),
                 frame: read_parquet(p)?,
             });

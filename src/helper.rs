@@ -105,9 +105,10 @@ pub fn mount_args(args: &[OsString]) -> Result<Vec<OsString>, String> {
             ("allow_other", None) => out.push("--allow-other".into()),
             ("ro", None) => out.push("--read-only".into()),
             ("no_io_uring", None) => out.push("--no-io-uring".into()),
+            ("allow_lossy", None) => out.push("--allow-lossy".into()),
             (
                 "threads" | "conversions" | "data_dtype" | "index_dtypes" | "matrix" | "writers"
-                | "worker_user",
+                | "worker_user" | "obs" | "neighbors" | "obsm",
                 Some(v),
             ) if !v.is_empty() => {
                 out.push(format!("--{}", key.replace('_', "-")).into());

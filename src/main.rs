@@ -26,13 +26,10 @@ struct Cli {
     command: Command,
 }
 
-/// What a conversion needs: shared by `convert` and its internal worker.
+/// How a conversion is done: shared by `convert`, `mount` (for dropped files) and the internal
+/// worker.
 #[derive(clap::Args)]
-struct ConvertArgs {
-    /// An .h5ad file, or a directory searched recursively for *.h5ad (sorted by path).
-    input: PathBuf,
-    /// The archive directory to create (must not exist).
-    output: PathBuf,
+struct ConversionArgs {
     /// Which matrix: auto (raw.X if present, else X), X, raw, or layers/NAME.
     #[arg(long, default_value = "auto")]
     matrix: MatrixChoice,
@@ -60,8 +57,10 @@ struct ConvertArgs {
     obsm: scdl_fs::cellmeta::ObsmChoice,
 }
 
-impl ConvertArgs {
-    fn options(&self) -> ConvertOptions {
+impl ConversionArgs {
+    /// The options; a worker (`cap_file_size`) may cap its own file sizes, its only job being
+    /// this conversion.
+    fn options(&self, cap_file_size: bool) -> ConvertOptions {
         ConvertOptions {
             matrix: self.matrix.clone(),
             data_dtype: self.data_dtype,
@@ -70,12 +69,36 @@ impl ConvertArgs {
             obs: self.obs.clone(),
             neighbors: self.neighbors.clone(),
             obsm: self.obsm.clone(),
-            cap_file_size: false,
+            cap_file_size,
         }
     }
 }
 
-/// How a worker is confined (hidden options its parent passes; see isolate.rs).
+/// How a concat is done: shared by `concat` and its internal worker.
+#[derive(clap::Args)]
+struct ConcatArgs {
+    /// Data type of the result (default: the inputs' common type).
+    #[arg(long)]
+    data_dtype: Option<scdl_fs::dtype::Dtype>,
+    /// Convert values the data type cannot hold exactly instead of failing.
+    #[arg(long)]
+    allow_lossy: bool,
+    /// col_ptr.npy/row_ptr.npy of the result: narrow or wide (as for convert).
+    #[arg(long, default_value = "narrow")]
+    index_dtypes: IndexDtypes,
+}
+
+impl ConcatArgs {
+    fn options(&self) -> ConcatOptions {
+        ConcatOptions {
+            data_dtype: self.data_dtype,
+            allow_lossy: self.allow_lossy,
+            index_dtypes: self.index_dtypes,
+        }
+    }
+}
+
+/// How a worker is confined (hidden options its parent passes; see isolate/grants.rs).
 #[derive(clap::Args)]
 struct GrantArgs {
     /// Drop root to this UID:GID.
@@ -120,57 +143,77 @@ struct WorkerUserArg {
     worker_user: String,
 }
 
+/// `scdl-fs mount`'s options.
+#[derive(clap::Args)]
+struct MountArgs {
+    mountpoint: PathBuf,
+    /// The store directory (default: /var/lib/scdl-fs as root, else the XDG data dir).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Stay in the foreground (otherwise return once the mount is live).
+    #[arg(long)]
+    foreground: bool,
+    /// Let other users read through the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// With --allow-other: a group (name or gid) whose members may also drop files, remove
+    /// inputs and write .control (otherwise only the mounting user may).
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    writers: Option<u32>,
+    /// Serve only: a read-only mount (no drops, no .control writes; inputs that appear in the
+    /// store are still converted). Reads then cost one round trip less (no atime refresh).
+    #[arg(long)]
+    read_only: bool,
+    /// FUSE worker threads (with FUSE over io_uring: per CPU, at least 2).
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Serve every request through /dev/fuse even when the kernel offers FUSE over io_uring
+    /// (`fuse.enable_uring=1`, Linux >= 6.14), whose per-CPU queues are otherwise used.
+    #[arg(long, env = "SCDL_FS_NO_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
+    no_io_uring: bool,
+    /// Concurrent conversions.
+    #[arg(long, default_value_t = 1)]
+    conversions: usize,
+    /// How dropped files are converted (as for convert).
+    #[command(flatten)]
+    conversion: ConversionArgs,
+    #[command(flatten)]
+    worker: WorkerUserArg,
+}
+
+impl MountArgs {
+    /// The daemon's options (the store is filled in where the daemon starts).
+    fn options(&self) -> MountOptions {
+        MountOptions {
+            mountpoint: self.mountpoint.clone(),
+            store: PathBuf::new(),
+            allow_other: self.allow_other,
+            writers: self.writers,
+            read_only: self.read_only,
+            threads: self.threads,
+            io_uring: !self.no_io_uring,
+            workers: self.conversions,
+            convert: self.conversion.options(false),
+            worker_user: self.worker.worker_user.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert an .h5ad file, or a directory of them, into an SCDL archive.
     Convert {
+        /// An .h5ad file, or a directory searched recursively for *.h5ad (sorted by path).
+        input: PathBuf,
+        /// The archive directory to create (must not exist).
+        output: PathBuf,
         #[command(flatten)]
-        args: ConvertArgs,
+        conversion: ConversionArgs,
         #[command(flatten)]
         worker: WorkerUserArg,
     },
     /// Mount the filesystem: drop .h5ad files in, read cells out (see docs/SEMANTICS.md).
-    Mount {
-        mountpoint: PathBuf,
-        /// The store directory (default: /var/lib/scdl-fs as root, else the XDG data dir).
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// Stay in the foreground (otherwise return once the mount is live).
-        #[arg(long)]
-        foreground: bool,
-        /// Let other users read through the mount.
-        #[arg(long)]
-        allow_other: bool,
-        /// With --allow-other: a group (name or gid) whose members may also drop files, remove
-        /// inputs and write .control (otherwise only the mounting user may).
-        #[arg(long, value_name = "GROUP", value_parser = parse_group)]
-        writers: Option<u32>,
-        /// Serve only: a read-only mount (no drops, no .control writes; inputs that appear in the
-        /// store are still converted). Reads then cost one round trip less (no atime refresh).
-        #[arg(long)]
-        read_only: bool,
-        /// FUSE worker threads (with FUSE over io_uring: per CPU, at least 2).
-        #[arg(long, default_value_t = 4)]
-        threads: usize,
-        /// Serve every request through /dev/fuse even when the kernel offers FUSE over io_uring
-        /// (`fuse.enable_uring=1`, Linux >= 6.14), whose per-CPU queues are otherwise used.
-        #[arg(long, env = "SCDL_FS_NO_IO_URING", value_parser = clap::builder::BoolishValueParser::new())]
-        no_io_uring: bool,
-        /// Concurrent conversions.
-        #[arg(long, default_value_t = 1)]
-        conversions: usize,
-        /// Data type of converted archives (as for convert).
-        #[arg(long, default_value = "float32")]
-        data_dtype: DataDtypeChoice,
-        /// Index types of converted archives: narrow or wide (as for convert).
-        #[arg(long, default_value = "narrow")]
-        index_dtypes: IndexDtypes,
-        /// Which matrix dropped files are converted from (as for convert).
-        #[arg(long, default_value = "auto")]
-        matrix: MatrixChoice,
-        #[command(flatten)]
-        worker: WorkerUserArg,
-    },
+    Mount(MountArgs),
     /// Concatenate archives (in order) into a new archive.
     Concat {
         /// The archive directory to create (must not exist).
@@ -178,15 +221,8 @@ enum Command {
         /// The archives to join, in row order.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// Data type of the result (default: the inputs' common type).
-        #[arg(long)]
-        data_dtype: Option<scdl_fs::dtype::Dtype>,
-        /// Convert values the data type cannot hold exactly instead of failing.
-        #[arg(long)]
-        allow_lossy: bool,
-        /// col_ptr.npy/row_ptr.npy of the result: narrow or wide (as for convert).
-        #[arg(long, default_value = "narrow")]
-        index_dtypes: IndexDtypes,
+        #[command(flatten)]
+        concat: ConcatArgs,
         #[command(flatten)]
         worker: WorkerUserArg,
     },
@@ -201,20 +237,8 @@ enum Command {
         /// The real path of each input (feature block labels, messages).
         #[arg(long = "label", required = true)]
         labels: Vec<String>,
-        #[arg(long, default_value = "auto")]
-        matrix: MatrixChoice,
-        #[arg(long, default_value = "float32")]
-        data_dtype: DataDtypeChoice,
-        #[arg(long)]
-        allow_lossy: bool,
-        #[arg(long, default_value = "all")]
-        obs: scdl_fs::obs::ObsChoice,
-        #[arg(long, default_value = "auto")]
-        neighbors: scdl_fs::cellmeta::NeighborChoice,
-        #[arg(long, default_value = "all")]
-        obsm: scdl_fs::cellmeta::ObsmChoice,
-        #[arg(long, default_value = "narrow")]
-        index_dtypes: IndexDtypes,
+        #[command(flatten)]
+        conversion: ConversionArgs,
         #[command(flatten)]
         grants: GrantArgs,
     },
@@ -224,12 +248,8 @@ enum Command {
         output: PathBuf,
         #[arg(long = "input", required = true)]
         inputs: Vec<PathBuf>,
-        #[arg(long)]
-        data_dtype: Option<scdl_fs::dtype::Dtype>,
-        #[arg(long)]
-        allow_lossy: bool,
-        #[arg(long, default_value = "narrow")]
-        index_dtypes: IndexDtypes,
+        #[command(flatten)]
+        concat: ConcatArgs,
         #[command(flatten)]
         grants: GrantArgs,
     },
@@ -272,29 +292,21 @@ fn progress_bar() -> Bar {
     Bar(bar)
 }
 
-fn mount(
-    cli_args: &[std::ffi::OsString],
-    mountpoint: PathBuf,
-    store: Option<PathBuf>,
-    foreground: bool,
-    options: MountOptions,
-) -> Result<(), (u8, String)> {
-    if !foreground {
+fn mount(cli_args: &[std::ffi::OsString], args: &MountArgs) -> Result<(), (u8, String)> {
+    if !args.foreground {
         // Same arguments, with the store made explicit, in a background daemon.
-        let mut args: Vec<std::ffi::OsString> = cli_args.to_vec();
-        let store = store.unwrap_or_else(|| {
+        let mut argv: Vec<std::ffi::OsString> = cli_args.to_vec();
+        let store = args.store.clone().unwrap_or_else(|| {
             let default = scdl_fs::store::default_store();
-            args.push("--store".into());
-            args.push(default.clone().into());
+            argv.push("--store".into());
+            argv.push(default.clone().into());
             default
         });
-        return mount::run_background(&args, &store);
+        return mount::run_background(&argv, &store);
     }
-    let store = store.unwrap_or_else(scdl_fs::store::default_store);
     let opts = MountOptions {
-        mountpoint,
-        store,
-        ..options
+        store: (args.store.clone()).unwrap_or_else(scdl_fs::store::default_store),
+        ..args.options()
     };
     mount::run_foreground(&opts).map_err(|e| {
         mount::report_startup_error(&e.to_string());
@@ -328,210 +340,118 @@ fn worker_setup(
     Ok((exe, confinement))
 }
 
-/// One line on stderr describing a new archive.
-fn report(path: &std::path::Path, rows: u64, nnz: u64, dtype: scdl_fs::dtype::Dtype) {
-    eprintln!("{}: {rows} rows, {nnz} values ({dtype})", path.display());
+/// One line on stderr describing a new archive. The archive was read back before it was
+/// published; this read is for the summary line only, and the archive stands whatever it says.
+fn report(output: &std::path::Path) {
+    match Archive::open(output) {
+        Ok(a) => eprintln!(
+            "{}: {} rows, {} values ({})",
+            output.display(),
+            a.num_rows,
+            a.nnz,
+            a.data_dtype
+        ),
+        Err(e) => eprintln!("{}: written ({e})", output.display()),
+    }
+}
+
+fn failed(e: scdl_fs::Error) -> (u8, String) {
+    (EXIT_FAILED, e.to_string())
 }
 
 /// Runs the parsed command; `cli_args` are the arguments it was parsed from (without argv[0]),
 /// which a background mount passes on to its daemon.
 fn run(cli: Cli, cli_args: &[std::ffi::OsString]) -> Result<(), (u8, String)> {
-    let failed = |e: scdl_fs::Error| (EXIT_FAILED, e.to_string());
     match cli.command {
-        Command::Mount {
-            mountpoint,
-            store,
-            foreground,
-            allow_other,
-            writers,
-            read_only,
-            threads,
-            no_io_uring,
-            conversions,
-            data_dtype,
-            index_dtypes,
-            matrix,
+        Command::Mount(args) => mount(cli_args, &args),
+        Command::Convert {
+            input,
+            output,
+            conversion,
             worker,
-        } => {
-            let options = MountOptions {
-                mountpoint: mountpoint.clone(),
-                store: PathBuf::new(),
-                allow_other,
-                writers,
-                read_only,
-                threads,
-                io_uring: !no_io_uring,
-                workers: conversions,
-                convert: ConvertOptions {
-                    matrix,
-                    data_dtype,
-                    allow_lossy: false,
-                    index_dtypes,
-                    obs: scdl_fs::obs::ObsChoice::All,
-                    neighbors: Default::default(),
-                    obsm: Default::default(),
-                    cap_file_size: false,
-                },
-                worker_user: worker.worker_user,
-            };
-            mount(cli_args, mountpoint, store, foreground, options)
-        }
-        Command::Convert { args, worker } => {
-            let (input, output, opts) = (&args.input, &args.output, args.options());
-            // The conversion runs in a confined child process (this binary's convert-worker): a
-            // libhdf5 crash on a malformed file becomes a one-line error, and an exploited one
-            // reaches nothing but its input and its own output.
-            let bar = progress_bar();
-            let (exe, confinement) = worker_setup(&worker).map_err(failed)?;
-            let limits = scdl_fs::isolate::Limits::default();
-            scdl_fs::isolate::convert_in_child(
-                &exe,
-                input,
-                output,
-                &opts,
-                &limits,
-                &confinement,
-                &bar,
-            )
-            .map_err(failed)?;
-            bar.0.finish_and_clear();
-            // The archive was read back before it was published; this read is for the summary
-            // line only, and the archive stands whatever it says.
-            match Archive::open(output) {
-                Ok(a) => report(output, a.num_rows, a.nnz, a.data_dtype),
-                Err(e) => eprintln!("{}: written ({e})", output.display()),
-            }
-            Ok(())
-        }
+        } => run_convert(&input, &output, &conversion.options(false), &worker),
         Command::Concat {
             output,
             inputs,
-            data_dtype,
-            allow_lossy,
-            index_dtypes,
+            concat,
             worker,
-        } => {
-            let bar = progress_bar();
-            let (exe, confinement) = worker_setup(&worker).map_err(failed)?;
-            let limits = scdl_fs::isolate::Limits::default();
-            let opts = ConcatOptions {
-                data_dtype,
-                allow_lossy,
-                index_dtypes,
-            };
-            scdl_fs::isolate::concat_in_child(
-                &exe,
-                &inputs,
-                &output,
-                &opts,
-                &limits,
-                &confinement,
-                &bar,
-            )
-            .map_err(failed)?;
-            bar.0.finish_and_clear();
-            match Archive::open(&output) {
-                Ok(a) => report(&output, a.num_rows, a.nnz, a.data_dtype),
-                Err(e) => eprintln!("{}: written ({e})", output.display()),
-            }
-            Ok(())
-        }
+        } => run_concat(&inputs, &output, &concat.options(), &worker),
         Command::ConvertWorker {
             output,
             inputs,
             labels,
-            matrix,
-            data_dtype,
-            allow_lossy,
-            obs,
-            neighbors,
-            obsm,
-            index_dtypes,
+            conversion,
             grants,
         } => {
-            let opts = ConvertOptions {
-                matrix,
-                data_dtype,
-                allow_lossy,
-                obs,
-                neighbors,
-                obsm,
-                index_dtypes,
-                // The worker's only job is this conversion: it may cap its own file sizes.
-                cap_file_size: true,
-            };
             if labels.len() != inputs.len() {
                 return Err((EXIT_FAILED, "one --label per --input".to_string()));
             }
+            let opts = conversion.options(true);
             scdl_fs::isolate::worker_main(&inputs, &labels, &output, &opts, &grants.grants())
                 .map_err(failed)
         }
         Command::ConcatWorker {
             output,
             inputs,
-            data_dtype,
-            allow_lossy,
-            index_dtypes,
+            concat,
             grants,
-        } => {
-            let opts = ConcatOptions {
-                data_dtype,
-                allow_lossy,
-                index_dtypes,
-            };
-            scdl_fs::isolate::concat_worker_main(&inputs, &output, &opts, &grants.grants())
-                .map_err(failed)
-        }
+        } => scdl_fs::isolate::concat_worker_main(
+            &inputs,
+            &output,
+            &concat.options(),
+            &grants.grants(),
+        )
+        .map_err(failed),
         Command::ConfineProbe { grants } => {
             scdl_fs::isolate::probe_main(&grants.grants()).map_err(failed)
         }
         Command::Info { archive, json } => {
-            let a = Archive::open(&archive).map_err(failed)?;
-            let info = a.info();
+            let info = Archive::open(&archive).map_err(failed)?.info();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&info).expect("serialisable")
-                );
+                let text = serde_json::to_string_pretty(&info).expect("serialisable");
+                println!("{text}");
             } else {
-                println!("archive   {}", info.path);
-                println!("version   {}", info.version);
-                println!("rows      {}", info.rows);
-                println!("values    {}", info.nnz);
-                println!(
-                    "dtypes    data {}, col_ptr {}, row_ptr {}",
-                    info.dtypes.data, info.dtypes.col_ptr, info.dtypes.row_ptr
-                );
-                println!("bytes     {}", info.bytes);
-                println!("blocks    {}", info.feature_blocks.len());
-                for (i, b) in info.feature_blocks.iter().enumerate() {
-                    println!(
-                        "  {i}: rows {}..{} ({} genes) columns [{}] label {}",
-                        b.first_row,
-                        b.first_row + b.rows,
-                        b.num_vars,
-                        b.columns.join(", "),
-                        b.label
-                    );
-                }
-                match &info.obs {
-                    None => println!("obs       none"),
-                    Some(obs) => {
-                        println!("obs       {} block(s)", obs.blocks.len());
-                        for (i, b) in obs.blocks.iter().enumerate() {
-                            let cols: Vec<String> =
-                                b.columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
-                            println!("  {i}: {} rows, columns [{}]", b.rows, cols.join(", "));
-                        }
-                    }
-                }
-                for line in scdl_fs::cellmeta::info_lines(&info) {
-                    println!("{line}");
-                }
+                print!("{info}");
             }
             Ok(())
         }
     }
+}
+
+/// `scdl-fs convert`. The conversion runs in a confined child process (this binary's
+/// convert-worker): a libhdf5 crash on a malformed file becomes a one-line error, and an
+/// exploited one reaches nothing but its input and its own output.
+fn run_convert(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    opts: &ConvertOptions,
+    worker: &WorkerUserArg,
+) -> Result<(), (u8, String)> {
+    let bar = progress_bar();
+    let (exe, confinement) = worker_setup(worker).map_err(failed)?;
+    let limits = scdl_fs::isolate::Limits::default();
+    scdl_fs::isolate::convert_in_child(&exe, input, output, opts, &limits, &confinement, &bar)
+        .map_err(failed)?;
+    bar.0.finish_and_clear();
+    report(output);
+    Ok(())
+}
+
+/// `scdl-fs concat`, in a confined child process as conversions are.
+fn run_concat(
+    inputs: &[PathBuf],
+    output: &std::path::Path,
+    opts: &ConcatOptions,
+    worker: &WorkerUserArg,
+) -> Result<(), (u8, String)> {
+    let bar = progress_bar();
+    let (exe, confinement) = worker_setup(worker).map_err(failed)?;
+    let limits = scdl_fs::isolate::Limits::default();
+    scdl_fs::isolate::concat_in_child(&exe, inputs, output, opts, &limits, &confinement, &bar)
+        .map_err(failed)?;
+    bar.0.finish_and_clear();
+    report(output);
+    Ok(())
 }
 
 fn main() -> ExitCode {

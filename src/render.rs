@@ -243,6 +243,33 @@ pub(crate) fn csr_members(
     ]
 }
 
+/// The `indptr.npy`, `format.npy` and `shape.npy` members of a CSR `.npz` (what
+/// `scipy.sparse.load_npz` needs besides `indices` and `data`): `rows + 1` offsets from
+/// `indptr`, format `csr`, shape (rows, width).
+pub(crate) fn csr_shape_members(
+    zip: &mut ZipBuilder,
+    rows: u64,
+    width: u64,
+    indptr: impl Iterator<Item = i64>,
+) -> Result<()> {
+    zip.member("indptr.npy", |out| {
+        out.extend_from_slice(&npy::header("<i8", &[rows + 1]));
+        out.extend(indptr.flat_map(i64::to_le_bytes));
+        Ok(())
+    })?;
+    zip.member("format.npy", |out| {
+        out.extend_from_slice(&npy::header("|S3", &[]));
+        out.extend_from_slice(b"csr");
+        Ok(())
+    })?;
+    zip.member("shape.npy", |out| {
+        out.extend_from_slice(&npy::header("<i8", &[2]));
+        out.extend_from_slice(&(rows as i64).to_le_bytes());
+        out.extend_from_slice(&(width as i64).to_le_bytes());
+        Ok(())
+    })
+}
+
 /// Exact size of a stored zip of these members (name, body size), as `ZipBuilder` writes it.
 pub(crate) fn zip_size(members: &[(&str, u64)]) -> u64 {
     members
@@ -315,24 +342,8 @@ pub fn npz(archive: &Archive, span: &RowSpan) -> Result<Vec<u8>> {
         }
         Ok(())
     })?;
-    zip.member("indptr.npy", |out| {
-        out.extend_from_slice(&npy::header("<i8", &[span.rows() + 1]));
-        for p in &ptrs {
-            out.extend_from_slice(&((p - a) as i64).to_le_bytes());
-        }
-        Ok(())
-    })?;
-    zip.member("format.npy", |out| {
-        out.extend_from_slice(&npy::header("|S3", &[]));
-        out.extend_from_slice(b"csr");
-        Ok(())
-    })?;
-    zip.member("shape.npy", |out| {
-        out.extend_from_slice(&npy::header("<i8", &[2]));
-        out.extend_from_slice(&(span.rows() as i64).to_le_bytes());
-        out.extend_from_slice(&(span.width as i64).to_le_bytes());
-        Ok(())
-    })?;
+    let indptr = ptrs.iter().map(|p| (p - a) as i64);
+    csr_shape_members(&mut zip, span.rows(), span.width, indptr)?;
     let dtype = archive.data_dtype;
     zip.member("data.npy", |out| {
         out.extend_from_slice(&npy::header(dtype.descr(), &[nnz]));

@@ -102,37 +102,6 @@ pub fn ensure_room(output: &Path, needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Bytes of the files below `dir` (0 when it does not exist).
-pub fn tree_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => tree_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-/// Bytes in a human unit, for messages ("8.0 TiB").
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// Lowers this process's file-size limit (RLIMIT_FSIZE) to `bytes` and makes an over-long
 /// write fail with EFBIG instead of killing the process with SIGXFSZ, so the error is reported
 /// and the temporary directory removed. A second line of defence behind `ensure_room`, for
@@ -215,11 +184,5 @@ mod tests {
         ensure_room(&out, 4096).unwrap();
         let err = ensure_room(&out, u64::MAX / 2).unwrap_err().to_string();
         assert!(err.contains("needs") && err.contains("available"), "{err}");
-    }
-
-    #[test]
-    fn human_units() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(8 << 40), "8.0 TiB");
     }
 }

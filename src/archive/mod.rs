@@ -8,15 +8,16 @@
 //! the kernel's page cache. `ArchiveWriter` writes one atomically.
 
 pub mod header;
+mod info;
 pub mod widths;
 mod writer;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use std::os::unix::fs::FileExt;
 
+pub use info::{tree_size, ArchiveInfo, BlockInfo, DtypesInfo};
 pub use widths::{IndexDtypes, IndexWidths};
 pub(crate) use writer::{publication_fault, rename_no_replace, sync_dir, write_synced_bytes};
 pub use writer::{
@@ -58,47 +59,13 @@ pub struct Archive {
     pub features: FeatureIndex,
     /// The per-cell metadata's layout, when the archive has `obs_features/`.
     pub obs: Option<crate::obs::ObsSummary>,
-    pub version: String,
     /// The neighbor graph and obsm keys (`cellmeta`).
     neighbors: Option<crate::cellmeta::Neighbors>,
     obsm: Vec<crate::cellmeta::ObsmArray>,
+    pub version: String,
     data: File,
     cols: File,
     row_ptr: File,
-}
-
-/// A summary for `scdl-fs info`.
-#[derive(Debug, Serialize)]
-pub struct ArchiveInfo {
-    pub path: String,
-    pub version: String,
-    pub rows: u64,
-    pub nnz: u64,
-    pub dtypes: DtypesInfo,
-    pub feature_blocks: Vec<BlockInfo>,
-    /// obs_features/: per block, its rows and (column, type) pairs; null when absent.
-    pub obs: Option<crate::obs::ObsSummary>,
-    /// The neighbor graph's key, nnz and types; null when absent.
-    pub neighbors: Option<crate::cellmeta::neighbors::NeighborInfo>,
-    /// obsm keys with dtypes and shapes.
-    pub obsm: Vec<crate::cellmeta::obsm::ObsmInfo>,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DtypesInfo {
-    pub data: String,
-    pub col_ptr: String,
-    pub row_ptr: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BlockInfo {
-    pub first_row: u64,
-    pub rows: u64,
-    pub num_vars: u64,
-    pub label: String,
-    pub columns: Vec<String>,
 }
 
 /// Opens an array file and returns it with its length in bytes.
@@ -149,45 +116,63 @@ fn read_dtypes(path: &Path) -> Result<(Dtype, Dtype, Dtype)> {
     Ok((data, cols, rows))
 }
 
-/// Decodes little-endian unsigned integers of `dtype` into `out`.
-/// (One loop per width, so that each is a plain widening loop.)
-pub(crate) fn decode_uints(bytes: &[u8], dtype: Dtype, out: &mut Vec<u64>) {
-    match dtype {
-        Dtype::U8 => out.extend(bytes.iter().map(|&b| b as u64)),
-        Dtype::U16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64),
-        ),
-        Dtype::U32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64),
-        ),
-        _ => out.extend(
-            bytes
-                .chunks_exact(8)
-                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
-        ),
-    }
+/// `num_rows` from metadata.json.
+fn read_num_rows(path: &Path) -> Result<u64> {
+    let meta_path = path.join(FileNames::METADATA);
+    let meta: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&meta_path).at(&meta_path)?)
+            .map_err(|e| Error::archive(path, format!("metadata.json: {e}")))?;
+    meta.get("num_rows")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::archive(path, "metadata.json has no num_rows"))
 }
 
-impl Archive {
-    /// Opens and validates an archive: files present, sizes consistent, row_ptr monotonic
-    /// from 0 to nnz, feature index covering every row.
-    pub fn open(path: &Path) -> Result<Archive> {
+/// The version string of version.json (empty when it has none: bionemo 0.0.5 writes none).
+fn read_version(path: &Path) -> String {
+    fs::read_to_string(path.join(FileNames::VERSION))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// The var feature index (`features/`, or bionemo 0.1.3's `var_features/`), covering every row.
+fn read_features(path: &Path, num_rows: u64) -> Result<FeatureIndex> {
+    let dir = [FileNames::FEATURES, FileNames::VAR_FEATURES]
+        .iter()
+        .map(|d| path.join(d))
+        .find(|d| d.is_dir())
+        .ok_or_else(|| Error::archive(path, "no features/ directory"))?;
+    let features = FeatureIndex::read(&dir)?;
+    if features.num_rows() != num_rows {
+        return Err(Error::archive(
+            path,
+            format!(
+                "feature index covers {} rows but metadata.json says {num_rows}",
+                features.num_rows()
+            ),
+        ));
+    }
+    Ok(features)
+}
+
+/// The three array files, open, with sizes that agree with each other and with `num_rows`.
+struct Arrays {
+    data: File,
+    cols: File,
+    row_ptr: File,
+    /// data, col_ptr, row_ptr.
+    dtypes: (Dtype, Dtype, Dtype),
+    nnz: u64,
+}
+
+impl Arrays {
+    fn open(path: &Path, num_rows: u64) -> Result<Arrays> {
         let bad = |m: String| Error::archive(path, m);
-        if !path.is_dir() {
-            return Err(bad("not a directory".into()));
-        }
-        let meta_path = path.join(FileNames::METADATA);
-        let meta: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&meta_path).at(&meta_path)?)
-                .map_err(|e| bad(format!("metadata.json: {e}")))?;
-        let num_rows = meta
-            .get("num_rows")
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| bad("metadata.json has no num_rows".into()))?;
         let (data_dtype, col_dtype, row_ptr_dtype) = read_dtypes(path)?;
         let (data, data_len) = open_array(&path.join(FileNames::DATA))?;
         let (cols, cols_len) = open_array(&path.join(FileNames::COL_PTR))?;
@@ -218,46 +203,66 @@ impl Archive {
                 "row_ptr.npy has {ptr_len} entries but metadata.json says {num_rows} rows"
             )));
         }
-        let version = fs::read_to_string(path.join(FileNames::VERSION))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            })
-            .unwrap_or_default();
-        let fdir = [FileNames::FEATURES, FileNames::VAR_FEATURES]
-            .iter()
-            .map(|d| path.join(d))
-            .find(|d| d.is_dir());
-        let features = match fdir {
-            Some(d) => FeatureIndex::read(&d)?,
-            None => return Err(bad("no features/ directory".into())),
-        };
-        if features.num_rows() != num_rows {
-            return Err(bad(format!(
-                "feature index covers {} rows but metadata.json says {num_rows}",
-                features.num_rows()
-            )));
+        Ok(Arrays {
+            data,
+            cols,
+            row_ptr,
+            dtypes: (data_dtype, col_dtype, row_ptr_dtype),
+            nnz,
+        })
+    }
+}
+
+/// Decodes little-endian unsigned integers of `dtype` into `out`.
+/// (One loop per width, so that each is a plain widening loop.)
+pub(crate) fn decode_uints(bytes: &[u8], dtype: Dtype, out: &mut Vec<u64>) {
+    match dtype {
+        Dtype::U8 => out.extend(bytes.iter().map(|&b| b as u64)),
+        Dtype::U16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64),
+        ),
+        Dtype::U32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64),
+        ),
+        _ => out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        ),
+    }
+}
+
+impl Archive {
+    /// Opens and validates an archive: files present, sizes consistent, row_ptr monotonic
+    /// from 0 to nnz, feature index covering every row.
+    pub fn open(path: &Path) -> Result<Archive> {
+        if !path.is_dir() {
+            return Err(Error::archive(path, "not a directory"));
         }
+        let num_rows = read_num_rows(path)?;
+        let arrays = Arrays::open(path, num_rows)?;
+        let features = read_features(path, num_rows)?;
         let obs = crate::obs::ObsSummary::read(path, num_rows)?;
         let (neighbors, obsm) = crate::cellmeta::open(path, num_rows)?;
         let archive = Archive {
             path: path.to_path_buf(),
             num_rows,
-            nnz,
-            data_dtype,
-            col_dtype,
-            row_ptr_dtype,
+            nnz: arrays.nnz,
+            data_dtype: arrays.dtypes.0,
+            col_dtype: arrays.dtypes.1,
+            row_ptr_dtype: arrays.dtypes.2,
             features,
             obs,
-            version,
             neighbors,
             obsm,
-            data,
-            cols,
-            row_ptr,
+            version: read_version(path),
+            data: arrays.data,
+            cols: arrays.cols,
+            row_ptr: arrays.row_ptr,
         };
         archive.check_row_ptr()?;
         Ok(archive)
@@ -392,59 +397,5 @@ impl Archive {
     /// The value and column files, for bulk copies (concat).
     pub(crate) fn element_files(&self) -> (&File, &File) {
         (&self.data, &self.cols)
-    }
-
-    /// Total bytes of the archive's files (recursive).
-    pub fn disk_bytes(&self) -> u64 {
-        fn walk(p: &Path) -> u64 {
-            fs::read_dir(p)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok())
-                        .map(|e| match e.metadata() {
-                            Ok(m) if m.is_dir() => walk(&e.path()),
-                            Ok(m) => m.len(),
-                            Err(_) => 0,
-                        })
-                        .sum()
-                })
-                .unwrap_or(0)
-        }
-        walk(&self.path)
-    }
-
-    pub fn info(&self) -> ArchiveInfo {
-        let mut first_row = 0;
-        let feature_blocks = self
-            .features
-            .blocks
-            .iter()
-            .map(|b| {
-                let info = BlockInfo {
-                    first_row,
-                    rows: b.rows,
-                    num_vars: b.frame.num_vars,
-                    label: b.label.clone(),
-                    columns: b.frame.columns.iter().map(|(n, _)| n.clone()).collect(),
-                };
-                first_row += b.rows;
-                info
-            })
-            .collect();
-        ArchiveInfo {
-            path: self.path.display().to_string(),
-            version: self.version.clone(),
-            rows: self.num_rows,
-            nnz: self.nnz,
-            dtypes: DtypesInfo {
-                data: self.data_dtype.name().into(),
-                col_ptr: self.col_dtype.name().into(),
-                row_ptr: self.row_ptr_dtype.name().into(),
-            },
-            feature_blocks,
-            obs: self.obs.clone(),
-            neighbors: self.neighbors.as_ref().map(|n| n.info()),
-            obsm: self.obsm.iter().map(|o| o.info()).collect(),
-            bytes: self.disk_bytes(),
-        }
     }
 }

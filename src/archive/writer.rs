@@ -18,6 +18,8 @@ use crate::features::FeatureIndex;
 use crate::obs::{ObsIndex, OBS_DIR};
 
 const WRITE_BUFFER: usize = 4 << 20;
+/// Column indices narrowed at a time.
+const NARROW_PIECE: usize = 64 << 10;
 
 /// What a finished archive holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +53,9 @@ pub struct ArchiveWriter {
     data: BufWriter<File>,
     cols: BufWriter<File>,
     row_ptr: BufWriter<File>,
-    /// Column indices narrowed to `widths.col_ptr`, reused between appends.
-    narrowed: Vec<u8>,
+    /// Column indices narrowed to `widths.col_ptr` (None: uint32, written as they are), reused
+    /// between appends.
+    narrowed: Option<Narrowed>,
     rows: u64,
     nnz: u64,
     obs: Option<ObsIndex>,
@@ -118,7 +121,7 @@ impl ArchiveWriter {
             data,
             cols,
             row_ptr,
-            narrowed: Vec::new(),
+            narrowed: Narrowed::for_width(widths.col_ptr),
             rows: 0,
             nnz: 0,
             obs: None,
@@ -177,24 +180,31 @@ impl ArchiveWriter {
         assert_eq!(T::DTYPE, self.dtype);
         assert_eq!(cols.len(), vals.len());
         let cols_path = self.tmp.path.join(FileNames::COL_PTR);
-        if self.widths.col_ptr == Dtype::U32 {
+        let Some(narrowed) = &mut self.narrowed else {
             self.cols
                 .write_all(bytemuck::cast_slice(cols))
                 .at(&cols_path)?;
-        } else {
-            if let Err(i) = narrow_columns(cols, self.widths.col_ptr, &mut self.narrowed) {
-                return Err(Error::archive(
-                    &self.output,
-                    format!(
-                        "column index {} of value {} does not fit the archive's {} column indices",
-                        cols[i],
-                        self.nnz + i as u64,
-                        self.widths.col_ptr
-                    ),
-                ));
-            }
-            self.cols.write_all(&self.narrowed).at(&cols_path)?;
+            return self.append_values(vals);
+        };
+        if let Some(i) = first_too_wide(cols, self.widths.col_ptr) {
+            return Err(Error::archive(
+                &self.output,
+                format!(
+                    "column index {} of value {} does not fit the archive's {} column indices",
+                    cols[i],
+                    self.nnz + i as u64,
+                    self.widths.col_ptr
+                ),
+            ));
         }
+        // In pieces, so that the narrowed copy stays small whatever the caller appends.
+        for piece in cols.chunks(NARROW_PIECE) {
+            self.cols.write_all(narrowed.fill(piece)).at(&cols_path)?;
+        }
+        self.append_values(vals)
+    }
+
+    fn append_values<T: Element>(&mut self, vals: &[T]) -> Result<()> {
         self.data
             .write_all(bytemuck::cast_slice(vals))
             .at(self.tmp.path.join(FileNames::DATA))?;
@@ -675,39 +685,76 @@ fn copy_range(src: &File, dst: &mut File, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Column indices as little-endian `width` (uint8/16/32/64) bytes into `out`; the index of the
-/// first one that does not fit if any.
-fn narrow_columns(cols: &[u32], width: Dtype, out: &mut Vec<u8>) -> Result<(), usize> {
-    if let Some(i) = cols.iter().position(|&c| c as u64 > unsigned_max(width)) {
-        return Err(i);
+/// The position of the first column index that `width` cannot hold, if any. (The maximum is
+/// found first: a loop the compiler vectorises, where a search for the position would not be.)
+fn first_too_wide(cols: &[u32], width: Dtype) -> Option<usize> {
+    let limit = unsigned_max(width);
+    if cols.iter().copied().max().is_none_or(|m| m as u64 <= limit) {
+        return None;
     }
-    let size = width.size();
-    out.clear();
-    out.resize(cols.len() * size, 0);
-    let slots = out.chunks_exact_mut(size).zip(cols);
-    match width {
-        Dtype::U8 => slots.for_each(|(d, &c)| d[0] = c as u8),
-        Dtype::U16 => slots.for_each(|(d, &c)| d.copy_from_slice(&(c as u16).to_le_bytes())),
-        Dtype::U32 => slots.for_each(|(d, &c)| d.copy_from_slice(&c.to_le_bytes())),
-        _ => slots.for_each(|(d, &c)| d.copy_from_slice(&(c as u64).to_le_bytes())),
+    cols.iter().position(|&c| c as u64 > limit)
+}
+
+/// Column indices narrowed to the archive's width, in a buffer of that element type, so that
+/// narrowing is a plain casting loop (vectorised) and the bytes written are the buffer's own.
+/// (Archives are little-endian, as the host is: the uint32 indices are written as they are.)
+enum Narrowed {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U64(Vec<u64>),
+}
+
+impl Narrowed {
+    /// None for uint32, the width column indices already have.
+    fn for_width(width: Dtype) -> Option<Narrowed> {
+        match width {
+            Dtype::U8 => Some(Narrowed::U8(Vec::new())),
+            Dtype::U16 => Some(Narrowed::U16(Vec::new())),
+            Dtype::U64 => Some(Narrowed::U64(Vec::new())),
+            _ => None,
+        }
     }
-    Ok(())
+
+    /// `cols` narrowed (each must fit: see `first_too_wide`), as bytes.
+    fn fill(&mut self, cols: &[u32]) -> &[u8] {
+        fn cast<'a, T: bytemuck::Pod>(
+            out: &'a mut Vec<T>,
+            cols: &[u32],
+            f: fn(u32) -> T,
+        ) -> &'a [u8] {
+            out.clear();
+            out.extend(cols.iter().map(|&c| f(c)));
+            bytemuck::cast_slice(out)
+        }
+        match self {
+            Narrowed::U8(v) => cast(v, cols, |c| c as u8),
+            Narrowed::U16(v) => cast(v, cols, |c| c as u16),
+            Narrowed::U64(v) => cast(v, cols, u64::from),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn narrowed(cols: &[u32], width: Dtype) -> Result<Vec<u8>, usize> {
+        if let Some(i) = first_too_wide(cols, width) {
+            return Err(i);
+        }
+        Ok(Narrowed::for_width(width).unwrap().fill(cols).to_vec())
+    }
+
     #[test]
     fn columns_narrow_exactly_or_name_the_first_that_does_not_fit() {
-        let mut out = Vec::new();
-        narrow_columns(&[1, 300, 65_535], Dtype::U16, &mut out).unwrap();
-        assert_eq!(out, [1, 0, 44, 1, 255, 255]);
-        narrow_columns(&[7, 255], Dtype::U8, &mut out).unwrap();
-        assert_eq!(out, [7, 255]);
-        narrow_columns(&[2], Dtype::U64, &mut out).unwrap();
-        assert_eq!(out, 2u64.to_le_bytes());
-        assert_eq!(narrow_columns(&[3, 256, 9999], Dtype::U8, &mut out), Err(1));
-        assert_eq!(narrow_columns(&[65_536], Dtype::U16, &mut out), Err(0));
+        assert_eq!(
+            narrowed(&[1, 300, 65_535], Dtype::U16).unwrap(),
+            [1, 0, 44, 1, 255, 255]
+        );
+        assert_eq!(narrowed(&[7, 255], Dtype::U8).unwrap(), [7, 255]);
+        assert_eq!(narrowed(&[2], Dtype::U64).unwrap(), 2u64.to_le_bytes());
+        assert_eq!(narrowed(&[3, 256, 9999], Dtype::U8), Err(1));
+        assert_eq!(narrowed(&[65_536], Dtype::U16), Err(0));
+        assert_eq!(first_too_wide(&[], Dtype::U8), None);
     }
 }

@@ -20,7 +20,9 @@ use crate::archive::Archive;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::npy;
-use crate::render::{append_read, csr_members, npy_size, wide_indices, zip_size, ZipBuilder};
+use crate::render::{
+    append_read, csr_members, csr_shape_members, npy_size, wide_indices, zip_size, ZipBuilder,
+};
 
 /// Largest batch file served: beyond it the batch does not exist (ask for a smaller size).
 pub const MAX_BATCH_BYTES: u64 = 1 << 30;
@@ -296,22 +298,7 @@ impl BatchLayout {
                 self.read_indices(archive, buf, pool)
             })
         })?;
-        zip.member("indptr.npy", |out| {
-            out.extend_from_slice(&npy::header("<i8", &[rows + 1]));
-            out.extend(self.indptr().iter().flat_map(|p| p.to_le_bytes()));
-            Ok(())
-        })?;
-        zip.member("format.npy", |out| {
-            out.extend_from_slice(&npy::header("|S3", &[]));
-            out.extend_from_slice(b"csr");
-            Ok(())
-        })?;
-        zip.member("shape.npy", |out| {
-            out.extend_from_slice(&npy::header("<i8", &[2]));
-            out.extend_from_slice(&(rows as i64).to_le_bytes());
-            out.extend_from_slice(&(self.width as i64).to_le_bytes());
-            Ok(())
-        })?;
+        csr_shape_members(&mut zip, rows, self.width, self.indptr().into_iter())?;
         zip.member("data.npy", |out| {
             out.extend_from_slice(&npy::header(dtype.descr(), &[nnz]));
             append_read(out, nnz * dtype.size() as u64, |buf| {

@@ -258,7 +258,7 @@ impl ConcatArrays {
         let graph = self.neighbors.as_ref().map_or(0, |n| n.disk_bytes(rows));
         let obsm = archives
             .iter()
-            .map(|a| crate::space::tree_size(&a.path.join(obsm::OBSM_DIR)))
+            .map(|a| crate::archive::tree_size(&a.path.join(obsm::OBSM_DIR)))
             .fold(0, u64::saturating_add);
         graph.saturating_add(obsm)
     }
