@@ -156,6 +156,13 @@ mod tests {
     }
 
     #[test]
+    fn per_cell_metadata_options_translate() {
+        let got = mount_args(&os(&["s", "m", "-o", "obs=none,neighbors=knn,obsm=X_pca"])).unwrap();
+        let want = ["--obs", "none", "--neighbors", "knn", "--obsm", "X_pca"];
+        assert_eq!(got[4..], os(&want)[..]);
+    }
+
+    #[test]
     fn bad_options_are_named() {
         let err = mount_args(&os(&["s", "m", "-o", "allow_other,frobnicate"])).unwrap_err();
         assert!(err.contains("frobnicate"), "{err}");
