@@ -7,7 +7,7 @@
 //!
 //! Prints one line per mode: `MODE ROWS_PER_S`, then `MODE_cpu_us MICROSECONDS` (process CPU
 //! time per batch, all threads), and `order_us_10e8 MICROSECONDS`, the median over 10,000
-//! fresh epochs. bench/batches.sh runs it side by side with a numpy gather.
+//! fresh epochs. bench/batches_lib.sh runs it side by side with a numpy gather.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

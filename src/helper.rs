@@ -108,7 +108,7 @@ pub fn mount_args(args: &[OsString]) -> Result<Vec<OsString>, String> {
             ("allow_lossy", None) => out.push("--allow-lossy".into()),
             (
                 "threads" | "conversions" | "data_dtype" | "index_dtypes" | "matrix" | "writers"
-                | "worker_user" | "obs" | "neighbors" | "obsm",
+                | "worker_user" | "obs" | "neighbors" | "obsm" | "batch_memory",
                 Some(v),
             ) if !v.is_empty() => {
                 out.push(format!("--{}", key.replace('_', "-")).into());
@@ -134,7 +134,7 @@ mod tests {
             "/var/lib/scdl-fs",
             "/mnt/scdl",
             "-o",
-            "ro,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab,no_io_uring",
+            "ro,allow_other,_netdev,nofail,x-systemd.automount,threads=8,writers=lab,no_io_uring,batch_memory=2G",
         ]))
         .unwrap();
         assert_eq!(
@@ -150,7 +150,9 @@ mod tests {
                 "8",
                 "--writers",
                 "lab",
-                "--no-io-uring"
+                "--no-io-uring",
+                "--batch-memory",
+                "2G"
             ])
         );
     }

@@ -130,6 +130,10 @@ impl GrantArgs {
     }
 }
 
+fn parse_memory(s: &str) -> Result<usize, String> {
+    scdl_fs::batches::parse_memory_size(s).map_err(|e| e.to_string())
+}
+
 fn parse_identity(s: &str) -> Result<scdl_fs::confine::Identity, String> {
     scdl_fs::confine::Identity::of_user(s).map_err(|e| e.to_string())
 }
@@ -174,6 +178,10 @@ struct MountArgs {
     /// Concurrent conversions.
     #[arg(long, default_value_t = 1)]
     conversions: usize,
+    /// Memory for rendered shuffled batches (batches/...), read and prefetched: bytes, or
+    /// with K, M, G (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_memory)]
+    batch_memory: usize,
     /// How dropped files are converted (as for convert).
     #[command(flatten)]
     conversion: ConversionArgs,
@@ -193,6 +201,7 @@ impl MountArgs {
             threads: self.threads,
             io_uring: !self.no_io_uring,
             workers: self.conversions,
+            batch_memory: self.batch_memory,
             convert: self.conversion.options(false),
             worker_user: self.worker.worker_user.clone(),
         }

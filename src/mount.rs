@@ -28,6 +28,8 @@ pub struct MountOptions {
     /// Use FUSE over io_uring when the kernel offers it.
     pub io_uring: bool,
     pub workers: usize,
+    /// Bytes of rendered batches kept (`--batch-memory`).
+    pub batch_memory: usize,
     pub convert: ConvertOptions,
     /// The unprivileged user conversions and concats run as (when the daemon is root).
     pub worker_user: String,
@@ -153,6 +155,7 @@ pub fn run_foreground(opts: &MountOptions) -> Result<(), MountError> {
         }
         None => confinement,
     };
+    crate::batches::map_large_allocations();
     let ns = Namespace::new(store, opts.namespace_options(converter, confinement));
     let workers = ns.start_workers();
     let mut mounted = fuse::mount(ns.clone(), &opts.mountpoint, &opts.session_options())
@@ -187,6 +190,10 @@ impl MountOptions {
                 confinement,
             },
             writers: self.writers,
+            batches: crate::namespace::BatchOptions {
+                memory: self.batch_memory,
+                ..Default::default()
+            },
         }
     }
 

@@ -1,6 +1,6 @@
-//! Request counters for `MNT/.stats`: per path kind, the number of requests, the bytes served
-//! and latency percentiles (p50, p99, max), as one JSON document. Standalone: the mount does not
-//! record into it yet (docs/BATCHES.md says what remains).
+//! Request counters for `MNT/.stats`: per path kind and operation, the number of requests, the
+//! bytes served and latency percentiles (p50, p99, max), as one JSON document. The mount records
+//! every request in one place (`fuse::Connection`), whichever transport brought it.
 //!
 //! Latencies go into an HDR histogram per kind (hdrhistogram: 3 significant digits from 1 µs to
 //! an hour, fixed memory), so the percentiles are exact to 0.1 % whatever the number of requests.
@@ -44,23 +44,33 @@ pub struct KindSummary {
     pub max_us: u64,
 }
 
-/// Request counters for every path kind (`rows`, `csr`, `batches`, ...), shared by the request
-/// threads.
+/// Request counters for every path kind (`rows`, `csr`, `batches`, ...) and operation
+/// (`lookup`, `open`, `read`, ...), shared by the request threads.
 #[derive(Default)]
 pub struct RequestStats {
-    kinds: Mutex<BTreeMap<&'static str, Kind>>,
+    kinds: Mutex<BTreeMap<(&'static str, &'static str), Kind>>,
 }
+
+/// Per path kind, per operation.
+pub type Summary = BTreeMap<&'static str, BTreeMap<&'static str, KindSummary>>;
 
 impl RequestStats {
     pub fn new() -> RequestStats {
         RequestStats::default()
     }
 
-    /// Counts one request of `kind` that served `bytes` in `latency` (`ok` false for a request
-    /// answered with an error).
-    pub fn record(&self, kind: &'static str, bytes: u64, latency: Duration, ok: bool) {
+    /// Counts one `op` request on a path of `kind` that served `bytes` in `latency` (`ok` false
+    /// for a request answered with an error).
+    pub fn record(
+        &self,
+        kind: &'static str,
+        op: &'static str,
+        bytes: u64,
+        latency: Duration,
+        ok: bool,
+    ) {
         let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        let k = kinds.entry(kind).or_insert_with(Kind::new);
+        let k = kinds.entry((kind, op)).or_insert_with(Kind::new);
         k.requests += 1;
         k.bytes += bytes;
         k.errors += !ok as u64;
@@ -68,28 +78,25 @@ impl RequestStats {
         k.micros.saturating_record(micros.clamp(1, MAX_MICROS));
     }
 
-    /// The counters of every kind seen so far.
-    pub fn summary(&self) -> BTreeMap<&'static str, KindSummary> {
+    /// The counters of every kind and operation seen so far.
+    pub fn summary(&self) -> Summary {
         let kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        kinds
-            .iter()
-            .map(|(name, k)| {
-                (
-                    *name,
-                    KindSummary {
-                        requests: k.requests,
-                        bytes: k.bytes,
-                        errors: k.errors,
-                        p50_us: k.micros.value_at_quantile(0.5),
-                        p99_us: k.micros.value_at_quantile(0.99),
-                        max_us: k.micros.max(),
-                    },
-                )
-            })
-            .collect()
+        let mut out = Summary::new();
+        for ((kind, op), k) in kinds.iter() {
+            let s = KindSummary {
+                requests: k.requests,
+                bytes: k.bytes,
+                errors: k.errors,
+                p50_us: k.micros.value_at_quantile(0.5),
+                p99_us: k.micros.value_at_quantile(0.99),
+                max_us: k.micros.max(),
+            };
+            out.entry(*kind).or_default().insert(*op, s);
+        }
+        out
     }
 
-    /// The `.stats` document: `{"requests": {KIND: {...}}, EXTRA...}` (extra sections such as
+    /// The `.stats` document: `{"requests": {KIND: {OP: {...}}}, EXTRA...}` (extra sections such as
     /// the batch cache's counters are added by the caller), one line with a newline.
     pub fn to_json(&self, extra: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
         let mut doc = serde_json::Map::new();
@@ -113,22 +120,24 @@ mod tests {
         let stats = RequestStats::new();
         // 1..=1000 µs once each: p50 is 500 µs, p99 990 µs (within the histogram's 0.1 %).
         for us in 1..=1000u64 {
-            stats.record("batches", 10, Duration::from_micros(us), us != 7);
+            stats.record("batches", "read", 10, Duration::from_micros(us), us != 7);
         }
-        stats.record("rows", 5, Duration::from_secs(7200), true);
+        stats.record("batches", "open", 0, Duration::from_micros(3), true);
+        stats.record("rows", "read", 5, Duration::from_secs(7200), true);
         let s = stats.summary();
-        let b = &s["batches"];
+        let b = &s["batches"]["read"];
         assert_eq!((b.requests, b.bytes, b.errors), (1000, 10_000, 1));
         assert!((499..=501).contains(&b.p50_us), "{}", b.p50_us);
         assert!((989..=991).contains(&b.p99_us), "{}", b.p99_us);
         assert!((999..=1001).contains(&b.max_us), "{}", b.max_us);
         // Longer than the histogram's range: counted at its top, not lost.
-        assert!(s["rows"].max_us >= MAX_MICROS * 999 / 1000);
+        assert_eq!(s["batches"]["open"].requests, 1);
+        assert!(s["rows"]["read"].max_us >= MAX_MICROS * 999 / 1000);
         let mut extra = serde_json::Map::new();
         extra.insert("prefetch".into(), serde_json::json!({"hits": 3}));
         let doc: serde_json::Value = serde_json::from_slice(&stats.to_json(extra)).unwrap();
-        assert_eq!(doc["requests"]["batches"]["requests"], 1000);
-        assert_eq!(doc["requests"]["rows"]["bytes"], 5);
+        assert_eq!(doc["requests"]["batches"]["read"]["requests"], 1000);
+        assert_eq!(doc["requests"]["rows"]["read"]["bytes"], 5);
         assert_eq!(doc["prefetch"]["hits"], 3);
     }
 
@@ -139,12 +148,12 @@ mod tests {
             for _ in 0..4 {
                 s.spawn(|| {
                     for _ in 0..1000 {
-                        stats.record("csr", 1, Duration::from_micros(3), true);
+                        stats.record("csr", "read", 1, Duration::from_micros(3), true);
                     }
                 });
             }
         });
-        assert_eq!(stats.summary()["csr"].requests, 4000);
-        assert_eq!(stats.summary()["csr"].bytes, 4000);
+        assert_eq!(stats.summary()["csr"]["read"].requests, 4000);
+        assert_eq!(stats.summary()["csr"]["read"].bytes, 4000);
     }
 }

@@ -49,6 +49,7 @@ fn namespace_with(setup: impl FnOnce(&Path)) -> Fixture {
                 confinement: Default::default(),
             },
             writers: None,
+            ..Default::default()
         },
     );
     ns.start_workers();
@@ -269,6 +270,65 @@ fn rows_listing_streams_by_offset() {
         page.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
         ["700.npy", "701.npy", "702.npy"]
     );
+}
+
+#[test]
+fn batch_listings_stream_and_batch_inodes_are_forgotten() {
+    let fx = namespace_with(|store| {
+        convert::convert(
+            &fixtures().join("large_csr_f32.h5ad"),
+            &store.join("big"),
+            &ConvertOptions::default(),
+            &Quiet,
+        )
+        .unwrap();
+    });
+    let ns = &fx.ns;
+    // 1,400 rows in batches of 64: 22 batches, two files each, listed a page at a time.
+    let epoch = path_ino(ns, "big/batches/size=64,seed=2/0").unwrap();
+    let (mut offset, mut names) = (0, Vec::new());
+    loop {
+        let page = ns.readdir(epoch, offset, 7).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        offset = page.last().unwrap().next;
+        names.extend(
+            page.into_iter()
+                .filter(|e| e.kind == NodeType::File)
+                .map(|e| e.name),
+        );
+    }
+    assert_eq!(names.len(), 44);
+    assert_eq!(names[..3], ["0.npz", "0.safetensors", "1.npz"]);
+    assert_eq!(names[43], "21.safetensors");
+    let page = ns.readdir(epoch, 2 + 10, 3).unwrap();
+    let middle: Vec<_> = page.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(middle, ["5.npz", "5.safetensors", "6.npz"]);
+    for name in [
+        "batches",
+        "batches/size=64,seed=2",
+        "batches/size=64,seed=2/0/3.npz",
+    ] {
+        let attr = path_ino(ns, &format!("big/{name}")).and_then(|i| ns.getattr(i));
+        assert!(attr.is_ok(), "{name}");
+    }
+    // `batches/` and its plans list nothing: their entries exist when named.
+    let plans = path_ino(ns, "big/batches").unwrap();
+    assert_eq!(ns.readdir(plans, 2, 100).unwrap(), vec![]);
+    // Every batch file looked up takes a node until the kernel forgets it; keys in another
+    // order name the same plan (and node).
+    let before = ns.batch_nodes();
+    assert_eq!(before, 3, "the plan, its epoch and 3.npz");
+    let files: Vec<u64> = (0..22)
+        .map(|k| path_ino(ns, &format!("big/batches/seed=2,size=64/0/{k}.safetensors")).unwrap())
+        .collect();
+    assert_eq!(ns.batch_nodes(), before + 22);
+    for ino in files {
+        ns.forget(ino, 1);
+    }
+    assert_eq!(ns.batch_nodes(), before);
 }
 
 #[test]

@@ -7,21 +7,69 @@
 //! counts against the budget, so many plans read at once cannot grow it: a prefetch that does not
 //! fit is not started, a demand render that does not fit is handed to its reader uncached, and
 //! batches already read are evicted first (least recently used), then the oldest unread ones.
+//! An unread batch nobody has touched for `ABANDONED_AFTER` (its plan is no longer read) counts
+//! as read: prefetches of the plans being read may push it out.
 //! A batch being rendered is rendered once: a second reader waits for it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 /// Bytes of rendered batches kept by default (`--batch-memory`).
 pub const DEFAULT_BATCH_MEMORY: usize = 512 << 20;
 
+/// How long an unread batch stays safe from prefetches of other batches.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(30);
+
+/// Allocations from this size up get mappings of their own (`map_large_allocations`).
+const MMAP_THRESHOLD: i32 = 128 << 10;
+
+/// Makes the allocator give rendered batches mappings of their own, returned to the system when
+/// freed. Otherwise glibc raises its mmap threshold to the largest block freed so far, and
+/// later batch buffers are carved from the heaps of the many request and read threads' arenas,
+/// where freed memory stays in the process: the daemon's RSS then exceeds the budget by
+/// hundreds of MB. Process-wide: the daemon calls it once at start.
+pub fn map_large_allocations() {
+    // SAFETY: mallopt only sets a parameter of glibc's allocator, which may be set at any time;
+    // a refused value leaves the default (nothing to check).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Why a `--batch-memory` value is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a size: a number of bytes, optionally with K, M, G or T (powers of 1024), e.g. 512M")]
+pub struct SizeError(pub String);
+
+/// A memory size as the mount option takes it: `1073741824`, `512M`, `512MiB`, `2G`, `0`.
+pub fn parse_memory_size(s: &str) -> Result<usize, SizeError> {
+    let bad = || SizeError(s.to_string());
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(bad)
+}
+
 enum Slot {
     /// A render in flight, `bytes` promised to it.
     Rendering,
-    Ready(Arc<[u8]>),
+    Ready(Arc<Vec<u8>>),
 }
 
 struct Entry {
@@ -29,6 +77,8 @@ struct Entry {
     bytes: usize,
     /// When it was last used (a tick of the cache's clock).
     used_at: u64,
+    /// When it was last used, in time (for `ABANDONED_AFTER`).
+    touched: Instant,
     /// Whether a reader has had it (prefetched entries start unread).
     read: bool,
 }
@@ -63,13 +113,14 @@ struct Inner<K> {
 /// A byte-budgeted cache of rendered files keyed by `K` (dataset, plan, epoch, batch, format).
 pub struct BatchCache<K> {
     budget: usize,
+    abandoned_after: Duration,
     inner: Mutex<Inner<K>>,
     rendered: Condvar,
 }
 
 /// Whether the caller should render, and what it gets if not.
 enum Claim {
-    Ready(Arc<[u8]>),
+    Ready(Arc<Vec<u8>>),
     /// The caller renders; room was reserved for it (or not, when it does not fit).
     Render {
         reserved: bool,
@@ -78,8 +129,14 @@ enum Claim {
 
 impl<K: Hash + Eq + Clone> BatchCache<K> {
     pub fn new(budget: usize) -> BatchCache<K> {
+        BatchCache::with_abandoned_after(budget, ABANDONED_AFTER)
+    }
+
+    /// A cache whose unread entries count as abandoned after `after` without use.
+    pub fn with_abandoned_after(budget: usize, after: Duration) -> BatchCache<K> {
         BatchCache {
             budget,
+            abandoned_after: after,
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
                 bytes: 0,
@@ -115,11 +172,11 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
         key: &K,
         size: usize,
         render: impl FnOnce() -> Result<Vec<u8>, E>,
-    ) -> Result<Arc<[u8]>, E> {
+    ) -> Result<Arc<Vec<u8>>, E> {
         match self.claim(key, size) {
             Claim::Ready(bytes) => Ok(bytes),
             Claim::Render { reserved } => {
-                let result = render().map(Arc::<[u8]>::from);
+                let result = render().map(Arc::new);
                 if reserved {
                     self.settle(key, result.as_ref().ok().cloned(), true);
                 }
@@ -148,7 +205,7 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
             inner.stats.prefetches += 1;
             self.insert_rendering(&mut inner, key, size, false);
         }
-        let bytes = render().ok().map(Arc::<[u8]>::from);
+        let bytes = render().ok().map(Arc::new);
         let ok = bytes.is_some();
         self.settle(key, bytes, false);
         ok
@@ -157,6 +214,17 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
     /// Whether `key` is cached or being rendered.
     pub fn contains(&self, key: &K) -> bool {
         self.lock().entries.contains_key(key)
+    }
+
+    /// The length of `key`'s rendered bytes when they are cached (not counted as a read).
+    pub fn ready_len(&self, key: &K) -> Option<usize> {
+        match self.lock().entries.get(key) {
+            Some(Entry {
+                slot: Slot::Ready(bytes),
+                ..
+            }) => Some(bytes.len()),
+            _ => None,
+        }
     }
 
     fn claim(&self, key: &K, size: usize) -> Claim {
@@ -169,11 +237,13 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
                 Some(Entry {
                     slot: Slot::Ready(bytes),
                     used_at,
+                    touched,
                     read,
                     ..
                 }) => {
                     let bytes = bytes.clone();
                     *used_at = now;
+                    *touched = Instant::now();
                     *read = true;
                     if waited {
                         inner.stats.waits += 1;
@@ -211,6 +281,7 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
                 slot: Slot::Rendering,
                 bytes: size,
                 used_at,
+                touched: Instant::now(),
                 read,
             },
         );
@@ -218,7 +289,7 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
 
     /// Ends a render: keeps its bytes (the reservation stays counted) or, when it failed,
     /// gives the room back. Wakes the readers waiting for it.
-    fn settle(&self, key: &K, bytes: Option<Arc<[u8]>>, read: bool) {
+    fn settle(&self, key: &K, bytes: Option<Arc<Vec<u8>>>, read: bool) {
         let mut inner = self.lock();
         match bytes {
             Some(bytes) => {
@@ -241,9 +312,9 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
         self.rendered.notify_all();
     }
 
-    /// Evicts ready entries until `size` more bytes fit in the budget: read ones first (least
-    /// recently used first), then, for a reader's own render (`evict_unread`), unread ones
-    /// (oldest first). Entries being rendered are never evicted. False if it cannot fit.
+    /// Evicts ready entries until `size` more bytes fit in the budget: read (or abandoned) ones
+    /// first (least recently used first), then, for a reader's own render (`evict_unread`),
+    /// unread ones (oldest first). Entries being rendered are never evicted. False if it cannot fit.
     fn make_room(&self, inner: &mut Inner<K>, size: usize, evict_unread: bool) -> bool {
         if size > self.budget {
             return false;
@@ -252,9 +323,10 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
             let victim = inner
                 .entries
                 .iter()
-                .filter(|(_, e)| matches!(e.slot, Slot::Ready(_)) && (e.read || evict_unread))
-                .min_by_key(|(_, e)| (!e.read, e.used_at))
-                .map(|(k, _)| k.clone());
+                .map(|(k, e)| (k, e, e.read || e.touched.elapsed() >= self.abandoned_after))
+                .filter(|(_, e, done)| matches!(e.slot, Slot::Ready(_)) && (*done || evict_unread))
+                .min_by_key(|(_, e, done)| (!done, e.used_at))
+                .map(|(k, _, _)| k.clone());
             let Some(victim) = victim else {
                 return false;
             };
@@ -324,9 +396,53 @@ mod tests {
     }
 
     #[test]
+    fn memory_sizes_parse_with_binary_units() {
+        assert_eq!(parse_memory_size("0"), Ok(0));
+        assert_eq!(parse_memory_size("4096"), Ok(4096));
+        assert_eq!(parse_memory_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_memory_size("2g"), Ok(2 << 30));
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "1.5G",
+            "12X",
+            "99999999999999999999",
+            "99999999T",
+        ] {
+            assert!(parse_memory_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ready_len_sees_only_finished_renders() {
+        let cache = BatchCache::new(1000);
+        assert_eq!(cache.ready_len(&1), None);
+        assert!(cache.prefetch(&1, 10, || bytes(10, 1)));
+        assert_eq!(cache.ready_len(&1), Some(10));
+        assert_eq!(cache.stats().hits, 0, "not counted as a read");
+    }
+
+    #[test]
+    fn unread_batches_of_an_abandoned_plan_make_room_for_prefetches() {
+        // Abandoned at once: every unread batch may go, the oldest first.
+        let cache = BatchCache::with_abandoned_after(200, Duration::ZERO);
+        assert!(cache.prefetch(&1, 100, || bytes(100, 1)));
+        assert!(cache.prefetch(&2, 100, || bytes(100, 2)));
+        assert!(cache.prefetch(&3, 100, || bytes(100, 3)));
+        assert!(!cache.contains(&1) && cache.contains(&2) && cache.contains(&3));
+        // With the default, unread batches are kept from prefetches.
+        let cache = BatchCache::new(200);
+        assert!(cache.prefetch(&1, 100, || bytes(100, 1)));
+        assert!(cache.prefetch(&2, 100, || bytes(100, 2)));
+        assert!(!cache.prefetch(&3, 100, || bytes(100, 3)));
+    }
+
+    #[test]
     fn a_failed_render_gives_its_room_back() {
         let cache: BatchCache<u32> = BatchCache::new(100);
-        let r: Result<Arc<[u8]>, String> = cache.get_or_render(&1, 100, || Err("disk".into()));
+        let r: Result<Arc<Vec<u8>>, String> = cache.get_or_render(&1, 100, || Err("disk".into()));
         assert_eq!(r.unwrap_err(), "disk");
         assert!(!cache.prefetch(&2, 100, || Err::<Vec<u8>, _>("disk".to_string())));
         let s = cache.stats();

@@ -4,7 +4,7 @@
 //! mounts, initialises and serves whatever the other does not), and FUSE over io_uring
 //! (`uring`, when the kernel offers it), whose per-CPU queues serve each request on the CPU that
 //! made it. `session` mounts and wires them; `notify` tells the kernel what to drop from its
-//! caches.
+//! caches. Every request is timed and counted here, for `.stats`, whichever transport brought it.
 
 mod abi;
 mod adapter;
@@ -21,7 +21,7 @@ use fuser::{Errno, FileAttr, FileType, FopenFlags, INodeNo};
 
 pub use session::{mount, Mounted, SessionOptions, Unmounter};
 
-use crate::namespace::{Attr, DirEntry, FsError, Namespace, NodeType, Opened};
+use crate::namespace::{Attr, DirEntry, FsError, Namespace, NodeType, Opened, ReadBytes, ROOT_INO};
 
 /// The largest READ/WRITE payload: it sizes every io_uring queue entry's buffer.
 pub const MAX_TRANSFER: u32 = 1 << 20;
@@ -144,9 +144,31 @@ impl Connection {
         f
     }
 
+    /// Runs request `op` on `ino` and counts it (with the bytes `bytes` says it served).
+    fn counted<T>(
+        &self,
+        ino: u64,
+        op: &'static str,
+        bytes: impl FnOnce(&T) -> u64,
+        f: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let start = std::time::Instant::now();
+        let r = f();
+        let n = r.as_ref().map_or(0, bytes);
+        self.ns.record(ino, op, n, start.elapsed(), r.is_ok());
+        r
+    }
+
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Entry, Errno> {
-        let a = fs(self.ns.lookup(parent, name_str(name)?))?;
-        Ok(self.entry(&a))
+        self.counted(
+            parent,
+            "lookup",
+            |_| 0,
+            || {
+                let a = fs(self.ns.lookup(parent, name_str(name)?))?;
+                Ok(self.entry(&a))
+            },
+        )
     }
 
     /// The kernel dropped `n` references to `ino`.
@@ -155,7 +177,12 @@ impl Connection {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Entry, Errno> {
-        Ok(self.entry(&fs(self.ns.getattr(ino))?))
+        self.counted(
+            ino,
+            "getattr",
+            |_| 0,
+            || Ok(self.entry(&fs(self.ns.getattr(ino))?)),
+        )
     }
 
     /// Modes, owners and times are the store's: changing them is accepted (and ignored) only on
@@ -166,48 +193,83 @@ impl Connection {
         owner_or_mode: bool,
         size: Option<u64>,
     ) -> Result<Entry, Errno> {
-        let r = if owner_or_mode {
-            self.ns.accept_metadata_change(ino)
-        } else {
-            match size {
-                Some(s) => self.ns.set_size(ino, s),
-                None => self.ns.getattr(ino),
-            }
-        };
-        Ok(self.entry(&fs(r)?))
+        self.counted(
+            ino,
+            "setattr",
+            |_| 0,
+            || {
+                let r = if owner_or_mode {
+                    self.ns.accept_metadata_change(ino)
+                } else {
+                    match size {
+                        Some(s) => self.ns.set_size(ino, s),
+                        None => self.ns.getattr(ino),
+                    }
+                };
+                Ok(self.entry(&fs(r)?))
+            },
+        )
     }
 
     /// Creates the upload `name` in `parent`: its attributes and its open handle.
     pub fn create(&self, parent: u64, name: &[u8]) -> Result<(FileAttr, OpenReply), Errno> {
-        let (a, o) = fs(self.ns.create(parent, name_str(name)?))?;
-        let opened = OpenReply {
-            fh: o.fh,
-            flags: Self::cache_flags(&o),
-            backing_id: None,
-        };
-        Ok((self.file_attr(&a), opened))
+        self.counted(
+            parent,
+            "create",
+            |_| 0,
+            || {
+                let (a, o) = fs(self.ns.create(parent, name_str(name)?))?;
+                let opened = OpenReply {
+                    fh: o.fh,
+                    flags: Self::cache_flags(&o),
+                    backing_id: None,
+                };
+                Ok((self.file_attr(&a), opened))
+            },
+        )
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), Errno> {
-        fs(self.ns.unlink(parent, name_str(name)?))
+        self.counted(
+            parent,
+            "unlink",
+            |_| 0,
+            || fs(self.ns.unlink(parent, name_str(name)?)),
+        )
     }
 
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        fs(self.ns.read(ino, fh, offset, size))
+    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadBytes, Errno> {
+        self.counted(
+            ino,
+            "read",
+            |b: &ReadBytes| b.len() as u64,
+            || fs(self.ns.read_bytes(ino, fh, offset, size)),
+        )
     }
 
+    /// A write to handle `fh` (counted under the root: writes go to `.control` and uploads).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
-        fs(self.ns.write(fh, offset, data))
+        self.counted(
+            ROOT_INO,
+            "write",
+            |n| u64::from(*n),
+            || fs(self.ns.write(fh, offset, data)),
+        )
     }
 
     /// close(2) of a descriptor of `fh`.
     pub fn flush(&self, fh: u64) -> Result<(), Errno> {
-        fs(self.ns.flush(fh))
+        self.counted(ROOT_INO, "flush", |_| 0, || fs(self.ns.flush(fh)))
     }
 
     /// The next entries of directory `ino` from `offset`, one batch.
     pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, Errno> {
-        fs(self.ns.readdir(ino, offset, READDIR_BATCH))
+        self.counted(
+            ino,
+            "readdir",
+            |d: &Vec<DirEntry>| d.len() as u64,
+            || fs(self.ns.readdir(ino, offset, READDIR_BATCH)),
+        )
     }
 
     /// The kernel ends the connection: the workers stop.
@@ -218,6 +280,10 @@ impl Connection {
     /// Opens `ino` with open(2) `flags`; real store files go to the kernel as passthrough
     /// backing files when it was negotiated.
     pub fn open(&self, ino: u64, flags: i32) -> Result<OpenReply, Errno> {
+        self.counted(ino, "open", |_| 0, || self.open_uncounted(ino, flags))
+    }
+
+    fn open_uncounted(&self, ino: u64, flags: i32) -> Result<OpenReply, Errno> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags & libc::O_TRUNC != 0;
         let o = fs(self.ns.open(ino, write, truncate))?;
@@ -277,6 +343,10 @@ impl Connection {
     /// Closes handle `fh` of `ino`, and its inode's backing file with its last passthrough
     /// handle.
     pub fn release(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        self.counted(ino, "release", |_| 0, || self.release_uncounted(ino, fh))
+    }
+
+    fn release_uncounted(&self, ino: u64, fh: u64) -> Result<(), Errno> {
         if Namespace::drop_cache_at_close(ino) {
             if let Some(notifier) = self.notifier.get() {
                 notifier.drop_pages(ino);

@@ -288,7 +288,7 @@ enum Answer {
     Open(OpenReply),
     Created(fuser::FileAttr, OpenReply),
     Written(u32),
-    Data(Vec<u8>),
+    Data(crate::namespace::ReadBytes),
     Dir(Vec<crate::namespace::DirEntry>, usize),
     Statfs,
 }

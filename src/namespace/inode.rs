@@ -1,13 +1,14 @@
 //! Inode numbers and file names of the mounted tree: an inode is (kind, dataset id, index)
 //! packed in 64 bits, so reading 10^6 distinct row files allocates nothing; only ranges (two
-//! numbers) live in a table, dropped when the kernel forgets them. Also the canonical row
-//! indexes and ranges that name row and range files.
+//! numbers) and batch nodes (a plan) live in tables (`NodeTable`), dropped when the kernel
+//! forgets them. Also the canonical row indexes and ranges that name row and range files.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub const ROOT_INO: u64 = 1;
 pub const CONTROL_INO: u64 = 2;
+pub const STATS_INO: u64 = 3;
 const KIND_SHIFT: u32 = 56;
 const DATASET_SHIFT: u32 = 40;
 const INDEX_MASK: u64 = (1 << DATASET_SHIFT) - 1;
@@ -31,6 +32,10 @@ pub enum Kind {
     MetaFile = 13,
     MetaRange = 14,
     MetaStore = 15,
+    /// `batches/` (index 0) and the nodes below it (`NodeTable` ids): numbered apart from the
+    /// other kinds.
+    BatchesDir = 40,
+    Batch = 41,
 }
 
 impl Kind {
@@ -52,6 +57,8 @@ impl Kind {
             MetaFile,
             MetaRange,
             MetaStore,
+            BatchesDir,
+            Batch,
         ]
         .into_iter()
         .find(|x| *x as u8 == k)
@@ -80,26 +87,26 @@ pub struct Range {
     pub end: u64,
 }
 
-/// What a range table holds: a key and the inode it gets for an id.
-pub trait RangeKey: Copy + Eq + std::hash::Hash {
-    fn ino(&self, id: u64) -> u64;
+/// Inodes that carry more than an index (ranges, batch nodes): a table of keys the kernel
+/// holds, with its lookup counts and a value kept with each (`V`, e.g. a size once computed);
+/// an entry goes when the kernel forgets it.
+pub struct NodeTable<K, V = ()> {
+    inner: Mutex<Nodes<K, V>>,
 }
 
-impl RangeKey for Range {
-    fn ino(&self, id: u64) -> u64 {
-        ino(Kind::Range, self.dataset, id)
-    }
+/// The range inodes.
+pub type RangeTable = NodeTable<Range>;
+
+struct Nodes<K, V> {
+    ids: HashMap<K, u64>,
+    nodes: HashMap<u64, (K, V, u64)>,
+    next: u64,
 }
 
-/// The range inodes the kernel holds, with its lookup counts.
-pub struct RangeTable<K: RangeKey = Range> {
-    inner: Mutex<Ranges<K>>,
-}
-
-impl<K: RangeKey> Default for RangeTable<K> {
+impl<K, V> Default for NodeTable<K, V> {
     fn default() -> Self {
-        RangeTable {
-            inner: Mutex::new(Ranges {
+        NodeTable {
+            inner: Mutex::new(Nodes {
                 ids: HashMap::new(),
                 nodes: HashMap::new(),
                 next: 0,
@@ -108,57 +115,72 @@ impl<K: RangeKey> Default for RangeTable<K> {
     }
 }
 
-struct Ranges<K> {
-    ids: HashMap<K, u64>,
-    nodes: HashMap<u64, (K, u64)>,
-    next: u64,
-}
+impl<K: Clone + Eq + std::hash::Hash, V: Clone + Default> NodeTable<K, V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Nodes<K, V>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-impl<K: RangeKey> RangeTable<K> {
-    /// The inode of `range`; counts a lookup (the kernel forgets it later).
-    pub fn lookup(&self, range: K) -> u64 {
-        let mut t = self.inner.lock().expect("ranges");
-        let id = match t.ids.get(&range) {
+    /// The index of `key` (numbered from 1); counts a lookup (the kernel forgets it later).
+    pub fn lookup_index(&self, key: K) -> u64 {
+        let mut t = self.lock();
+        let id = match t.ids.get(&key) {
             Some(&id) => id,
             None => {
                 t.next += 1;
                 let id = t.next & INDEX_MASK;
-                t.ids.insert(range, id);
-                t.nodes.insert(id, (range, 0));
+                t.ids.insert(key.clone(), id);
+                t.nodes.insert(id, (key, V::default(), 0));
                 id
             }
         };
-        t.nodes.get_mut(&id).expect("inserted").1 += 1;
-        range.ino(id)
+        t.nodes.get_mut(&id).expect("inserted").2 += 1;
+        id
     }
 
-    /// The kernel dropped `n` references to range `id`.
+    /// The kernel dropped `n` references to `id`.
     pub fn forget(&self, id: u64, n: u64) {
-        let mut t = self.inner.lock().expect("ranges");
+        let mut t = self.lock();
         let gone = match t.nodes.get_mut(&id) {
-            Some((_, lookups)) => {
+            Some((_, _, lookups)) => {
                 *lookups = lookups.saturating_sub(n);
                 *lookups == 0
             }
             None => false,
         };
         if gone {
-            let (range, _) = t.nodes.remove(&id).expect("present");
-            t.ids.remove(&range);
+            let (key, _, _) = t.nodes.remove(&id).expect("present");
+            t.ids.remove(&key);
         }
     }
 
     pub fn get(&self, id: u64) -> Option<K> {
-        self.inner
-            .lock()
-            .expect("ranges")
+        self.lock().nodes.get(&id).map(|(k, _, _)| k.clone())
+    }
+
+    /// The key and the value kept with `id`.
+    pub fn get_with_value(&self, id: u64) -> Option<(K, V)> {
+        self.lock()
             .nodes
             .get(&id)
-            .map(|(r, _)| *r)
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+    }
+
+    /// Keeps `value` with `id` (if the kernel still holds it).
+    pub fn set_value(&self, id: u64, value: V) {
+        if let Some(e) = self.lock().nodes.get_mut(&id) {
+            e.1 = value;
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("ranges").nodes.len()
+        self.lock().nodes.len()
+    }
+}
+
+impl RangeTable {
+    /// The inode of `range`; counts a lookup.
+    pub fn lookup(&self, range: Range) -> u64 {
+        ino(Kind::Range, range.dataset, self.lookup_index(range))
     }
 }
 

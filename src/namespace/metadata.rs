@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 
-use super::inode::{ino, parse_index, parse_range, Kind, RangeKey};
+use super::inode::{ino, parse_index, parse_range, Kind};
 use super::node::Part;
 use super::readdir::Page;
 use super::{io_err, FsError, FsResult, Namespace, NodeType};
@@ -98,12 +98,6 @@ pub(super) struct MetaRange {
     what: u64,
     first: u64,
     end: u64,
-}
-
-impl RangeKey for MetaRange {
-    fn ino(&self, id: u64) -> u64 {
-        ino(Kind::MetaRange, self.dataset, id)
-    }
 }
 
 fn dir_ino(id: u16, d: MetaDir) -> u64 {
@@ -254,7 +248,7 @@ impl Namespace {
                     FsError::NotFound
                 });
             }
-            Ok(self.meta_ranges.lookup(key))
+            Ok(ino(Kind::MetaRange, id, self.meta_ranges.lookup_index(key)))
         };
         match d {
             MetaDir::Obs if name.ends_with(".parquet") => range(WHAT_OBS, ".parquet"),

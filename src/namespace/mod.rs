@@ -12,12 +12,16 @@
 //! /NAME/rows/<i>.npy             row i, dense .npy        /NAME/rows/<a>-<b>.npy  rows [a, b)
 //! /NAME/csr/<a>-<b>.npz          rows [a, b) as scipy CSR
 //! /NAME/{obs,neighbors,obsm}/    per-cell metadata (metadata.rs)
+//! /NAME/batches/<PLAN>/<EPOCH>/<K>.npz|.safetensors   shuffled minibatch K
+//! /.stats                        request counters (JSON)
 //! ```
 //!
-//! Files: `inode.rs` (inode numbers, the range table, names of rows), `node.rs` (names and
-//! inodes to nodes), `readdir.rs`, `upload.rs` (drops and removals), `control.rs`; here the
-//! attributes, opens and reads.
+//! Files: `inode.rs` (inode numbers, the node tables, names of rows), `node.rs` (names and
+//! inodes to nodes), `readdir.rs`, `upload.rs` (drops and removals), `control.rs`,
+//! `batches.rs` (the `batches/` tree and its cache); here the attributes, opens and reads, and
+//! the request counters of `.stats`.
 
+mod batches;
 mod control;
 mod inode;
 mod metadata;
@@ -32,11 +36,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+pub use batches::BatchOptions;
 pub use inode::ROOT_INO;
 
-use crate::catalog::{Catalog, CatalogError, CatalogOptions, Dataset, Observer};
+use crate::catalog::{Catalog, CatalogError, CatalogOptions, Dataset, Observer, ReadyDataset};
 use crate::names::DatasetName;
 use crate::render;
+use crate::stats::RequestStats;
+use batches::{BatchKey, Batches};
 use control::ControlLog;
 use inode::{Kind, RangeTable};
 use node::{Node, Part};
@@ -117,6 +124,33 @@ pub struct Opened {
     pub backing: Option<Arc<File>>,
 }
 
+/// The bytes a read answers with: its own, or a slice of a rendered batch that the cache
+/// shares (no copy on the way to the transport, which copies it into the kernel's buffer).
+pub enum ReadBytes {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for ReadBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBytes::Owned(v) => v,
+            ReadBytes::Shared(b, r) => &b[r.clone()],
+        }
+    }
+}
+
+impl ReadBytes {
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            ReadBytes::Owned(v) => v,
+            ReadBytes::Shared(..) => self.to_vec(),
+        }
+    }
+}
+
 /// Time-to-live of names and attributes that can change (the root, dataset directories, status).
 const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Inside a ready dataset nothing changes: cache for long.
@@ -129,6 +163,7 @@ pub struct NamespaceOptions {
     /// A group whose members may drop files, remove inputs and write `.control` (with
     /// `--allow-other`); otherwise only the mounting user may.
     pub writers: Option<u32>,
+    pub batches: BatchOptions,
 }
 
 /// The kernel's cache of names, as the tree corrects it when datasets go away.
@@ -193,18 +228,23 @@ enum Handle {
     Upload { dataset: Arc<Dataset>, file: File },
     /// `.control` opened for writing: bytes of an unfinished line.
     Control(Vec<u8>),
+    /// A batch file: its bytes are the cache's (or rendered again), never held by the handle,
+    /// so that open handles cannot hold memory beyond the budget.
+    Batch(Arc<ReadyDataset>, BatchKey, u64),
 }
 
 pub struct Namespace {
     catalog: Arc<Catalog>,
     writers: Option<u32>,
     ranges: RangeTable,
-    meta_ranges: RangeTable<metadata::MetaRange>,
+    meta_ranges: inode::NodeTable<metadata::MetaRange>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     control: Arc<ControlLog>,
     kernel: Arc<KernelLink>,
     started: SystemTime,
+    batches: Arc<Batches>,
+    requests: RequestStats,
 }
 
 impl Namespace {
@@ -220,12 +260,14 @@ impl Namespace {
             catalog: Catalog::new(store, options.catalog, Arc::new(observer)),
             writers: options.writers,
             ranges: RangeTable::default(),
-            meta_ranges: RangeTable::default(),
+            meta_ranges: Default::default(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             control,
             kernel,
             started: SystemTime::now(),
+            batches: Arc::new(Batches::new(options.batches)),
+            requests: RequestStats::new(),
         })
     }
 
@@ -248,6 +290,7 @@ impl Namespace {
     }
 
     pub fn shutdown(&self) {
+        self.batches.stop();
         self.catalog.shutdown();
     }
 
@@ -266,13 +309,58 @@ impl Namespace {
         self.getattr(ino)
     }
 
+    /// Number of batch nodes (below `batches/`) the kernel still holds (for tests).
+    pub fn batch_nodes(&self) -> usize {
+        self.batches.nodes()
+    }
+
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         match inode::split(ino) {
             Some((Kind::Range, _, id)) => self.ranges.forget(id, n),
             Some((Kind::MetaRange, _, id)) => self.meta_ranges.forget(id, n),
+            Some((Kind::Batch, _, id)) => self.batches.forget(id, n),
             _ => {}
         }
+    }
+
+    /// Counts one request (`op`) on `ino` for `.stats`.
+    pub fn record(&self, ino: u64, op: &'static str, bytes: u64, latency: Duration, ok: bool) {
+        self.requests
+            .record(self.path_kind(ino), op, bytes, latency, ok);
+    }
+
+    /// What `.stats` files a request on `ino` under.
+    fn path_kind(&self, ino: u64) -> &'static str {
+        let Some((kind, _, index)) = inode::split(ino) else {
+            return "root";
+        };
+        match kind {
+            Kind::DatasetDir | Kind::Status => "dataset",
+            Kind::Input => "input",
+            Kind::ArchiveFile => "archive",
+            Kind::FeaturesDir | Kind::FeatureJson | Kind::FeatureFile => "features",
+            Kind::RowsDir | Kind::Row => "rows",
+            Kind::CsrDir => "csr",
+            Kind::Range => match self.ranges.get(index) {
+                Some(r) if r.csr => "csr",
+                _ => "rows",
+            },
+            Kind::BatchesDir | Kind::Batch => "batches",
+            Kind::MetaDir | Kind::MetaFile | Kind::MetaRange | Kind::MetaStore => "cells",
+        }
+    }
+
+    /// The `.stats` document: requests per path kind and operation, the batch cache's counters.
+    fn stats_json(&self) -> Vec<u8> {
+        let mut extra = serde_json::Map::new();
+        let cache = self.batches.cache_stats();
+        extra.insert(
+            "prefetch".into(),
+            serde_json::to_value(cache).expect("serialisable"),
+        );
+        extra.insert("batch_memory".into(), self.batches.budget().into());
+        self.requests.to_json(extra)
     }
 
     /// Whether the kernel should drop `ino`'s cached pages when it is closed: a row file, computed
@@ -304,13 +392,20 @@ impl Namespace {
                 let size = ds.status_json().len() as u64;
                 Ok(file(ino, size, 0o444, now, Duration::ZERO))
             }
+            Node::Stats => {
+                let size = self.stats_json().len() as u64;
+                Ok(file(ino, size, 0o444, now, Duration::ZERO))
+            }
             Node::Input(ds) => self.input_attr(ino, ds),
             Node::Ready(ds, r, part) => {
                 let mtime = ds.since();
                 let size = match part {
-                    Part::FeaturesDir | Part::RowsDir | Part::CsrDir => {
+                    Part::FeaturesDir | Part::RowsDir | Part::CsrDir | Part::BatchesDir => {
                         return Ok(dir(ino, 0o555, mtime, LONG_TTL))
                     }
+                    Part::BatchDir(_) => return Ok(dir(ino, 0o555, mtime, LONG_TTL)),
+                    Part::BatchFile(_, Some(size)) => *size,
+                    Part::BatchFile(key, None) => self.batches.file_size(r, key)?,
                     Part::File(path) => {
                         let m = std::fs::metadata(path).map_err(io_err)?;
                         let mtime = m.modified().unwrap_or(mtime);
@@ -396,6 +491,11 @@ impl Namespace {
             Node::Status(ds) => {
                 Ok(self.opened(Handle::Snapshot(ds.status_json().into()), true, false))
             }
+            Node::Stats => Ok(self.opened(Handle::Snapshot(self.stats_json().into()), true, false)),
+            Node::Ready(_, r, Part::BatchFile(key, _)) => {
+                self.batches.prefetch_after(&r, &key);
+                Ok(self.opened(Handle::Batch(r, key, attr.size), true, false))
+            }
             Node::Input(ds) => {
                 let f = File::open(self.catalog.input_path(&ds)).map_err(|_| FsError::NotFound)?;
                 Ok(self.opened(Handle::File(Arc::new(f)), false, false))
@@ -425,6 +525,13 @@ impl Namespace {
     }
 
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_bytes(ino, fh, offset, size)
+            .map(ReadBytes::into_vec)
+    }
+
+    /// `read`, without copying what the batch cache already holds.
+    pub fn read_bytes(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<ReadBytes> {
+        let owned = |r: FsResult<Vec<u8>>| r.map(ReadBytes::Owned);
         let slice = |bytes: &[u8]| {
             let start = (offset as usize).min(bytes.len());
             let end = start.saturating_add(size as usize).min(bytes.len());
@@ -434,18 +541,22 @@ impl Namespace {
             Some(Handle::File(f)) => Some(Handle::File(f.clone())),
             Some(Handle::Npz(b)) => Some(Handle::Npz(b.clone())),
             Some(Handle::Snapshot(b)) => Some(Handle::Snapshot(b.clone())),
+            Some(Handle::Batch(r, key, size)) => Some(Handle::Batch(r.clone(), *key, *size)),
             _ => None,
         };
         match handle {
-            Some(Handle::File(file)) => return read_at(&file, offset, size),
+            Some(Handle::File(file)) => return owned(read_at(&file, offset, size)),
             Some(Handle::Npz(npz)) => {
                 let bytes = npz.get_or_init(|| self.render_npz(ino));
-                return bytes.as_ref().map(|b| slice(b)).map_err(Clone::clone);
+                return owned(bytes.as_ref().map(|b| slice(b)).map_err(Clone::clone));
             }
-            Some(Handle::Snapshot(bytes)) => return Ok(slice(&bytes)),
+            Some(Handle::Snapshot(bytes)) => return Ok(ReadBytes::Owned(slice(&bytes))),
+            Some(Handle::Batch(r, key, file_size)) => {
+                return self.batches.read(&r, &key, file_size, offset, size);
+            }
             _ => {}
         }
-        match self.node(ino)? {
+        owned(match self.node(ino)? {
             Node::Control => Ok(slice(self.control.text().as_bytes())),
             Node::Ready(_, r, Part::FeatureJson(k)) => {
                 Ok(slice(r.feature_json(k).ok_or(FsError::NotFound)?))
@@ -455,7 +566,7 @@ impl Namespace {
                 .map_err(io_err),
             Node::Ready(_, r, Part::Meta(m)) => self.meta_read(&r, &m, offset, size),
             _ => Err(FsError::NotFound),
-        }
+        })
     }
 
     /// The whole `csr/<a>-<b>.npz` of range inode `ino`.

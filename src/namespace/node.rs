@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::inode::{self, ino, parse_index, parse_range, Kind, Range, CONTROL_INO, ROOT_INO};
+use super::batches::{BatchKey, BatchNode, Level};
+use super::inode::{
+    self, ino, parse_index, parse_range, Kind, Range, CONTROL_INO, ROOT_INO, STATS_INO,
+};
 use super::{io_err, FsError, FsResult, Namespace};
 use crate::catalog::{Dataset, ReadyDataset, ARCHIVE_FILES};
 use crate::render::{self, RowSpan};
@@ -13,6 +16,7 @@ use crate::render::{self, RowSpan};
 pub(super) enum Node {
     Root,
     Control,
+    Stats,
     DatasetDir(Arc<Dataset>),
     Status(Arc<Dataset>),
     Input(Arc<Dataset>),
@@ -37,6 +41,12 @@ pub(super) enum Part {
     },
     /// Per-cell metadata (`metadata.rs`).
     Meta(super::metadata::Meta),
+    /// `batches/`.
+    BatchesDir,
+    /// `batches/<PLAN>/` or `batches/<PLAN>/<EPOCH>/`.
+    BatchDir(BatchNode),
+    /// `batches/<PLAN>/<EPOCH>/<K>.<ext>`, with its size once computed.
+    BatchFile(BatchKey, Option<u64>),
 }
 
 /// The inode of archive file `name` of dataset `id`.
@@ -54,6 +64,7 @@ impl Namespace {
         match ino {
             ROOT_INO => return Ok(Node::Root),
             CONTROL_INO => return Ok(Node::Control),
+            STATS_INO => return Ok(Node::Stats),
             _ => {}
         }
         let (kind, id, index) = inode::split(ino).ok_or(FsError::NotFound)?;
@@ -91,6 +102,17 @@ impl Namespace {
             Kind::MetaDir | Kind::MetaFile | Kind::MetaRange | Kind::MetaStore => {
                 self.meta_part(r, kind, index)
             }
+            Kind::BatchesDir => Some(Part::BatchesDir),
+            Kind::Batch => match self.batches.node(index)? {
+                (
+                    BatchNode {
+                        level: Level::File(key),
+                        ..
+                    },
+                    size,
+                ) => Some(Part::BatchFile(key, size)),
+                (node, _) => Some(Part::BatchDir(node)),
+            },
             Kind::DatasetDir | Kind::Input | Kind::Status => None,
         }
     }
@@ -113,7 +135,13 @@ impl Namespace {
         }
         if !matches!(
             kind,
-            Kind::DatasetDir | Kind::FeaturesDir | Kind::RowsDir | Kind::CsrDir | Kind::MetaDir
+            Kind::DatasetDir
+                | Kind::FeaturesDir
+                | Kind::RowsDir
+                | Kind::CsrDir
+                | Kind::BatchesDir
+                | Kind::Batch
+                | Kind::MetaDir
         ) {
             return Err(FsError::NotDir);
         }
@@ -123,6 +151,11 @@ impl Namespace {
             Kind::FeaturesDir => features_child(id, &r, name),
             Kind::RowsDir => self.rows_child(id, &r, name),
             Kind::MetaDir => self.meta_child(id, &r, index, name),
+            Kind::BatchesDir => self.batches.child(id, &r, None, name),
+            Kind::Batch => {
+                let (parent, _) = self.batches.node(index).ok_or(FsError::NotFound)?;
+                self.batches.child(id, &r, Some(parent), name)
+            }
             _ => self.csr_child(id, &r, name),
         }
     }
@@ -130,6 +163,9 @@ impl Namespace {
     fn child_of_root(&self, name: &str) -> FsResult<u64> {
         if name == ".control" {
             return Ok(CONTROL_INO);
+        }
+        if name == ".stats" {
+            return Ok(STATS_INO);
         }
         if let Some(stem) = name.strip_suffix(".h5ad") {
             let ds = self.catalog.dataset_named(stem).ok_or(FsError::NotFound)?;
@@ -182,7 +218,7 @@ impl Namespace {
     }
 }
 
-/// An archive file, or `features`, `rows`, `csr`.
+/// An archive file, or `features`, `rows`, `csr`, `batches`.
 fn dataset_child(id: u16, r: &ReadyDataset, name: &str) -> FsResult<u64> {
     if r.archive_files.contains(&name) {
         return Ok(archive_file_ino(id, name));
@@ -191,6 +227,7 @@ fn dataset_child(id: u16, r: &ReadyDataset, name: &str) -> FsResult<u64> {
         "features" => Ok(ino(Kind::FeaturesDir, id, 0)),
         "rows" => Ok(ino(Kind::RowsDir, id, 0)),
         "csr" => Ok(ino(Kind::CsrDir, id, 0)),
+        "batches" => Ok(ino(Kind::BatchesDir, id, 0)),
         _ => super::metadata::dataset_child(id, r, name).ok_or(FsError::NotFound),
     }
 }

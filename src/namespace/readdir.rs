@@ -1,7 +1,8 @@
 //! Directory listings: one helper per kind of directory. Offsets are positions in the listing
-//! ("." is 0, ".." is 1); the rows directory is produced from the offset on, so `ls | head` on
-//! 10^8 rows returns at once.
+//! ("." is 0, ".." is 1); the rows directory and a batch epoch's directory are produced from the
+//! offset on, so `ls | head` on 10^8 rows returns at once.
 
+use super::batches::epoch_entries;
 use super::inode::{ino, Kind, CONTROL_INO, ROOT_INO};
 use super::node::{archive_file_ino, Node, Part};
 use super::{DirEntry, FsError, FsResult, Namespace, NodeType};
@@ -31,6 +32,12 @@ impl Page {
         }
     }
 
+    /// Entries already cut to this page (their positions from `BASE` on).
+    fn append(&mut self, mut entries: Vec<DirEntry>) {
+        entries.truncate(self.max.saturating_sub(self.entries.len()));
+        self.entries.extend(entries);
+    }
+
     /// `entries` at positions from `BASE` on.
     pub(super) fn extend(&mut self, entries: Vec<(u64, NodeType, String)>) {
         for (i, (ino, kind, name)) in entries.into_iter().enumerate() {
@@ -55,7 +62,11 @@ impl Namespace {
             Node::DatasetDir(ds) => page.extend(dataset_entries(ds)),
             Node::Ready(ds, r, Part::FeaturesDir) => page.extend(feature_entries(ds.id(), r)),
             Node::Ready(ds, r, Part::RowsDir) => row_entries(&mut page, ds.id(), r),
-            Node::Ready(_, _, Part::CsrDir) => {}
+            Node::Ready(_, _, Part::CsrDir | Part::BatchesDir) => {}
+            Node::Ready(_, r, Part::BatchDir(node)) => {
+                let rest = page.max.saturating_sub(page.entries.len());
+                page.append(epoch_entries(r, node, BASE, offset, rest));
+            }
             Node::Ready(ds, r, Part::Meta(super::metadata::Meta::Dir(d))) => {
                 super::metadata::entries(&mut page, ds.id(), r, *d)
             }
@@ -89,7 +100,7 @@ impl Namespace {
     }
 }
 
-/// `status.json`, and once ready the archive files, `features`, `rows` and `csr`.
+/// `status.json`, and once ready the archive files, `features`, `rows`, `csr` and `batches`.
 fn dataset_entries(ds: &Dataset) -> Vec<(u64, NodeType, String)> {
     let id = ds.id();
     let mut entries = vec![(
@@ -105,6 +116,7 @@ fn dataset_entries(ds: &Dataset) -> Vec<(u64, NodeType, String)> {
             (Kind::FeaturesDir, "features"),
             (Kind::RowsDir, "rows"),
             (Kind::CsrDir, "csr"),
+            (Kind::BatchesDir, "batches"),
         ] {
             entries.push((ino(kind, id, 0), NodeType::Dir, name.into()));
         }
