@@ -13,6 +13,9 @@
 #                       same rounds, labelled scdl-fs-baseline, for a before/after comparison
 #   EXTRA_ARGS="ARGS"   also run scdl-fs convert with these arguments, labelled scdl-fs-extra
 #                       (e.g. EXTRA_ARGS="--data-dtype auto")
+#   CELLS=1             convert INPUT with per-cell metadata added (bench/add_cell_metadata.py: ten obs
+#                       columns, a 15-NN graph under next_cell_ids, a 50-wide X_pca; made once beside
+#                       INPUT as NAME-cells.h5ad), bionemo-scdl 0.1.3 with load_neighbors=True
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)"
@@ -22,6 +25,13 @@ RUNS="${2:-5}"
 if [[ ! -f "$INPUT" ]]; then
   mkdir -p "$(dirname "$INPUT")"
   "$PY" "$ROOT/bench/make_h5ad.py" "$INPUT"
+fi
+BIONEMO_KW=""
+if [[ -n "${CELLS:-}" ]]; then
+  CELLS_INPUT="${INPUT%.h5ad}-cells.h5ad"
+  [[ -f "$CELLS_INPUT" ]] || "$PY" "$ROOT/bench/add_cell_metadata.py" "$INPUT" "$CELLS_INPUT" >&2
+  INPUT="$CELLS_INPUT"
+  BIONEMO_KW=", load_neighbors=True"
 fi
 cargo build --release --manifest-path "$ROOT/Cargo.toml" >&2
 BIN="$ROOT/target/release/scdl-fs"
@@ -68,7 +78,7 @@ for i in $(seq "$RUNS"); do
   fi
   rm -rf "$WORK/bionemo"
   measure bionemo-0.1.3 env PYTHONPATH="$VENV/bionemo-0.1.3:$ROOT/tests/oracle/torch_stub" "$PY" -W ignore -c \
-    "import sys; from bionemo.scdl.io.single_cell_memmap_dataset import SingleCellMemMapDataset as D; D(sys.argv[1], h5ad_path=sys.argv[2], use_X_not_raw=True)" \
+    "import sys; from bionemo.scdl.io.single_cell_memmap_dataset import SingleCellMemMapDataset as D; D(sys.argv[1], h5ad_path=sys.argv[2], use_X_not_raw=True$BIONEMO_KW)" \
     "$WORK/bionemo" "$INPUT" >>"$results"
 done
 echo "input: $INPUT ($MB MB), $RUNS runs each"

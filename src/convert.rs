@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use crate::archive::{ArchiveWriter, IndexDtypes, IndexWidths, WrittenArchive, ARCHIVE_VERSION};
+use crate::cellmeta::{CellArrays, CellSource};
 use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::exact_fit::ExactFit;
@@ -67,6 +68,10 @@ pub struct ConvertOptions {
     pub index_dtypes: IndexDtypes,
     /// Which obs columns go into `obs_features/` (the index always, unless none).
     pub obs: crate::obs::ObsChoice,
+    /// Which obsp graph becomes the archive's neighbors (`auto`: bionemo's default key if present).
+    pub neighbors: crate::cellmeta::NeighborChoice,
+    /// Which obsm keys go into `obsm/`.
+    pub obsm: crate::cellmeta::ObsmChoice,
     /// Lower this process's file-size limit to the computed output size before writing (for
     /// worker processes, whose only job is this conversion).
     pub cap_file_size: bool,
@@ -112,7 +117,7 @@ pub fn input_files(input: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The smallest archive type that holds both `a` and `b` (for `keep` over several files).
-fn promote(a: Dtype, b: Dtype) -> Dtype {
+pub(crate) fn promote(a: Dtype, b: Dtype) -> Dtype {
     let (a, b) = (a.unsigned_counterpart(), b.unsigned_counterpart());
     let size = a.size().max(b.size());
     match (a.is_float(), b.is_float()) {
@@ -180,6 +185,14 @@ pub fn convert_labelled(
         .collect::<Result<Vec<_>>>()?;
     let total_rows: u64 = sources.iter().map(|s| s.rows).sum();
     let widths = index_widths(&sources, opts.index_dtypes);
+    let cells: Vec<CellSource> = sources
+        .iter()
+        .map(|s| CellSource {
+            h5: &s.h5,
+            rows: s.rows,
+        })
+        .collect();
+    let meta = CellArrays::plan(&cells, &opts.neighbors, &opts.obsm)?;
     // None: --data-dtype auto, decided once the values are known to be stored in the file.
     let target = match opts.data_dtype {
         DataDtypeChoice::Fixed(d) => Some(d),
@@ -190,14 +203,7 @@ pub fn convert_labelled(
             .or(Some(Dtype::F32)),
         DataDtypeChoice::Auto => None,
     };
-    // obs_features/ holds what the inputs' obs hold: their files' sizes bound it.
-    let obs_bytes: u64 = match opts.obs {
-        ObsChoice::None => 0,
-        _ => files
-            .iter()
-            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-            .sum(),
-    };
+    let obs_bytes = metadata_bytes(files, &opts.obs, &meta, total_rows);
     let needed_for = |t: Dtype| disk_bytes(&sources, t, widths).saturating_add(obs_bytes);
     if let Some(t) = target {
         crate::space::ensure_room(output, needed_for(t))?;
@@ -226,7 +232,7 @@ pub fn convert_labelled(
     let mut writer = ArchiveWriter::create(output, target, widths)?;
     let scratch = writer.scratch_dir()?;
     let mut features = FeatureIndex::new(ARCHIVE_VERSION);
-    for ((s, frame), label) in sources.into_iter().zip(frames).zip(labels) {
+    for ((s, frame), label) in sources.iter().zip(frames).zip(labels) {
         let m = s.h5.matrix(&s.matrix)?;
         with_element_type!(s.dtype, S => with_element_type!(target, T => {
             stream_into::<S, T>(&s.h5, &m, &scratch, &mut writer, opts.allow_lossy, progress)?
@@ -237,10 +243,24 @@ pub fn convert_labelled(
             frame,
         });
     }
+    meta.write(&cells, &mut writer, &scratch)?;
     if let Some(obs) = obs {
         writer.set_obs(obs);
     }
     writer.finish(&features)
+}
+
+/// The most disk the per-cell metadata takes: obs_features/ holds what the inputs' obs hold
+/// (their files' sizes bound it), and the graph and obsm files.
+fn metadata_bytes(files: &[PathBuf], obs: &ObsChoice, meta: &CellArrays, rows: u64) -> u64 {
+    let obs_bytes: u64 = match obs {
+        ObsChoice::None => 0,
+        _ => files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum(),
+    };
+    obs_bytes.saturating_add(meta.disk_bytes(rows))
 }
 
 /// The obs of every source, one block per source (merged when their columns agree); None with

@@ -154,14 +154,7 @@ impl FeatureIndex {
     /// Reads an index written by us or by bionemo-scdl (0.0.5 or 0.1.3).
     pub fn read(dir: &Path) -> Result<FeatureIndex> {
         let ends = read_cumulative_sum_index(dir)?;
-        let labels_path = dir.join("labels.npy");
-        let labels = match fs::read(&labels_path) {
-            Ok(b) => match npy::read_array(&b) {
-                Ok(npy::NpyArray::Unicode(v)) => v,
-                _ => Vec::new(),
-            },
-            Err(_) => Vec::new(),
-        };
+        let labels = read_labels(dir)?;
         let version = fs::read(dir.join("version.npy"))
             .ok()
             .and_then(|b| match npy::read_array(&b) {
@@ -192,6 +185,28 @@ impl FeatureIndex {
         }
         Ok(FeatureIndex { blocks, version })
     }
+}
+
+/// The block labels: `labels.json` (bionemo-scdl after 0.1.3: a JSON list of strings or nulls,
+/// null read as ""), else `labels.npy` (a unicode array, never unpickled), else none.
+fn read_labels(dir: &Path) -> Result<Vec<String>> {
+    let json_path = dir.join("labels.json");
+    if let Ok(text) = fs::read_to_string(&json_path) {
+        let v: Vec<Option<String>> = serde_json::from_str(&text).map_err(|e| {
+            Error::archive(
+                &json_path,
+                format!("not a JSON list of strings or nulls: {e}"),
+            )
+        })?;
+        return Ok(v.into_iter().map(Option::unwrap_or_default).collect());
+    }
+    Ok(match fs::read(dir.join("labels.npy")) {
+        Ok(b) => match npy::read_array(&b) {
+            Ok(npy::NpyArray::Unicode(v)) => v,
+            _ => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    })
 }
 
 /// The block ends of a feature directory's `cumulative_sum_index.npy` ([-1, end0, end1, ...]
@@ -243,7 +258,22 @@ fn to_arrow(col: &Column) -> ArrayRef {
 }
 
 fn write_parquet(path: &Path, frame: &FeatureFrame) -> Result<()> {
-    let fail = |e: parquet::errors::ParquetError| Error::archive(path, e.to_string());
+    let file = fs::File::create(path).at(path)?;
+    write_parquet_to(file, frame).map_err(|e| Error::archive(path, e))
+}
+
+/// `frame` as a parquet file in memory (the mount's `obs/<a>-<b>.parquet`).
+pub(crate) fn parquet_bytes(frame: &FeatureFrame) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    write_parquet_to(&mut out, frame)?;
+    Ok(out)
+}
+
+fn write_parquet_to<W: std::io::Write + Send>(
+    out: W,
+    frame: &FeatureFrame,
+) -> std::result::Result<(), String> {
+    let fail = |e: parquet::errors::ParquetError| e.to_string();
     let fields: Vec<Field> = frame
         .columns
         .iter()
@@ -254,16 +284,14 @@ fn write_parquet(path: &Path, frame: &FeatureFrame) -> Result<()> {
     let batch = if arrays.is_empty() {
         RecordBatch::new_empty(schema.clone())
     } else {
-        RecordBatch::try_new(schema.clone(), arrays)
-            .map_err(|e| Error::archive(path, e.to_string()))?
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())?
     };
-    let file = fs::File::create(path).at(path)?;
     // Snappy, as pandas writes them (what bionemo-scdl's own parquet files use): a block of
     // 200,000 cell ids takes 1.2 MB instead of 2.9 MB.
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
         .build();
-    let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(fail)?;
+    let mut w = ArrowWriter::try_new(out, schema, Some(props)).map_err(fail)?;
     w.write(&batch).map_err(fail)?;
     w.close().map_err(fail)?;
     Ok(())

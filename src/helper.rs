@@ -108,7 +108,7 @@ pub fn mount_args(args: &[OsString]) -> Result<Vec<OsString>, String> {
             ("allow_lossy", None) => out.push("--allow-lossy".into()),
             (
                 "threads" | "conversions" | "data_dtype" | "index_dtypes" | "matrix" | "writers"
-                | "worker_user" | "obs" | "batch_memory",
+                | "worker_user" | "obs" | "neighbors" | "obsm" | "batch_memory",
                 Some(v),
             ) if !v.is_empty() => {
                 out.push(format!("--{}", key.replace('_', "-")).into());
@@ -155,6 +155,13 @@ mod tests {
                 "2G"
             ])
         );
+    }
+
+    #[test]
+    fn per_cell_metadata_options_translate() {
+        let got = mount_args(&os(&["s", "m", "-o", "obs=none,neighbors=knn,obsm=X_pca"])).unwrap();
+        let want = ["--obs", "none", "--neighbors", "knn", "--obsm", "X_pca"];
+        assert_eq!(got[4..], os(&want)[..]);
     }
 
     #[test]

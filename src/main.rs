@@ -48,6 +48,13 @@ struct ConversionArgs {
     /// cell ids, is always kept as a column).
     #[arg(long, default_value = "all")]
     obs: scdl_fs::obs::ObsChoice,
+    /// The obsp neighbor graph kept as bionemo-scdl 0.1.3's neighbor files: auto (obsp/next_cell_ids,
+    /// bionemo's default key, when present), none, or KEY.
+    #[arg(long, default_value = "auto")]
+    neighbors: scdl_fs::cellmeta::NeighborChoice,
+    /// obsm keys kept in obsm/ (dense arrays): all, none, or KEY,KEY,...
+    #[arg(long, default_value = "all")]
+    obsm: scdl_fs::cellmeta::ObsmChoice,
 }
 
 impl ConversionArgs {
@@ -60,6 +67,8 @@ impl ConversionArgs {
             allow_lossy: self.allow_lossy,
             index_dtypes: self.index_dtypes,
             obs: self.obs.clone(),
+            neighbors: self.neighbors.clone(),
+            obsm: self.obsm.clone(),
             cap_file_size,
         }
     }

@@ -357,6 +357,11 @@ pub fn npz(archive: &Archive, span: &RowSpan) -> Result<Vec<u8>> {
 }
 
 fn column_json(col: &Column) -> serde_json::Value {
+    (0..col.len()).map(|i| cell_json(col, i)).collect()
+}
+
+/// Value `i` of `col` as JSON: missing values and NaN as null.
+pub(crate) fn cell_json(col: &Column, i: usize) -> serde_json::Value {
     use serde_json::Value;
     let float = |f: f64| {
         serde_json::Number::from_f64(f)
@@ -364,26 +369,11 @@ fn column_json(col: &Column) -> serde_json::Value {
             .unwrap_or(Value::Null)
     };
     match col {
-        Column::Str(v) => v
-            .iter()
-            .map(|x| x.clone().map(Value::String).unwrap_or(Value::Null))
-            .collect(),
-        Column::Int(v) => v
-            .iter()
-            .map(|x| x.map(Value::from).unwrap_or(Value::Null))
-            .collect(),
-        Column::UInt(v) => v
-            .iter()
-            .map(|x| x.map(Value::from).unwrap_or(Value::Null))
-            .collect(),
-        Column::Float(v) => v
-            .iter()
-            .map(|x| x.map(float).unwrap_or(Value::Null))
-            .collect(),
-        Column::Bool(v) => v
-            .iter()
-            .map(|x| x.map(Value::Bool).unwrap_or(Value::Null))
-            .collect(),
+        Column::Str(v) => v[i].clone().map(Value::String).unwrap_or(Value::Null),
+        Column::Int(v) => v[i].map(Value::from).unwrap_or(Value::Null),
+        Column::UInt(v) => v[i].map(Value::from).unwrap_or(Value::Null),
+        Column::Float(v) => v[i].map(float).unwrap_or(Value::Null),
+        Column::Bool(v) => v[i].map(Value::Bool).unwrap_or(Value::Null),
     }
 }
 

@@ -95,16 +95,24 @@ impl Case {
 
     /// Converts and checks the failure contract; returns the error line.
     fn fails(&self) -> String {
+        self.fails_with(&[])
+    }
+
+    /// As `fails`, converting with the options `args`; the exit status is 1.
+    fn fails_with(&self, args: &[&str]) -> String {
         let before = std::fs::read(&self.input).unwrap();
         let listing_before = listing(self.dir.path());
         let out = self.dir.path().join("out");
-        let o = scdl(&[
+        let mut all = vec![
             "convert",
             self.input.to_str().unwrap(),
             out.to_str().unwrap(),
-        ]);
+        ];
+        all.extend_from_slice(args);
+        let o = scdl(&all);
         let err = stderr(&o);
         assert!(!o.status.success(), "conversion should fail; stderr: {err}");
+        assert_eq!(o.status.code(), Some(1), "exit 1 expected: {err}");
         assert_eq!(
             err.trim_end().lines().count(),
             1,
@@ -544,7 +552,7 @@ fn hostile(name: &str) -> Case {
     })
 }
 
-const HOSTILE: [&str; 8] = [
+const HOSTILE: [&str; 15] = [
     "var_index_not_utf8.h5ad",
     "var_category_not_utf8.h5ad",
     "var_column_name_not_utf8.h5ad",
@@ -553,7 +561,84 @@ const HOSTILE: [&str; 8] = [
     "dense_unwritten.h5ad",
     "csc_declares_2e33_rows.h5ad",
     "csc_unwritten_values.h5ad",
+    "obsp_dense.h5ad",
+    "obsp_not_square.h5ad",
+    "obsp_not_n_obs_wide.h5ad",
+    "obsp_neighbor_out_of_range.h5ad",
+    "obsm_rows_differ.h5ad",
+    "obsm_strings.h5ad",
+    "obs_longer_than_x.h5ad",
 ];
+
+/// Per-cell arrays that break their contract (made by anndata, then broken with h5py by the
+/// fixture script): each refused by the default conversion, naming the object and position.
+#[test]
+fn malformed_graphs_obsm_and_obs_are_refused() {
+    for (file, parts) in [
+        (
+            "obsp_dense.h5ad",
+            &["/obsp/next_cell_ids", "a dense array"][..],
+        ),
+        (
+            "obsp_not_square.h5ad",
+            &["/obsp/next_cell_ids", "shape (6, 7) is not square"],
+        ),
+        (
+            "obsp_not_n_obs_wide.h5ad",
+            &["/obsp/next_cell_ids", "(5, 5) is not n_obs wide", "(6, 6)"],
+        ),
+        (
+            "obsp_neighbor_out_of_range.h5ad",
+            &[
+                "/obsp/next_cell_ids/indices",
+                "index 6 out of range 0..6 at row 1",
+            ],
+        ),
+        (
+            "obsm_rows_differ.h5ad",
+            &[
+                "/obsm/X_pca",
+                "has 7 rows (first dimension) but the file has 6 cells",
+            ],
+        ),
+        (
+            "obsm_strings.h5ad",
+            &["/obsm/names", "values must be numeric"],
+        ),
+        (
+            "obs_longer_than_x.h5ad",
+            &["/obs", "has 7 rows but the matrix has 6 rows"],
+        ),
+    ] {
+        assert_mentions(&hostile(file).fails(), parts);
+    }
+}
+
+/// A key asked for that the file does not have: named with what the file has.
+#[test]
+fn requested_keys_the_file_lacks_are_named() {
+    let c = hostile("obsm_strings.h5ad");
+    let err = c.fails_with(&["--neighbors", "knn"]);
+    assert_mentions(
+        &err,
+        &[
+            "/obsp/knn",
+            "no such obsp matrix (--neighbors)",
+            "next_cell_ids",
+        ],
+    );
+    let err = c.fails_with(&["--obsm", "X_umap"]);
+    assert_mentions(
+        &err,
+        &[
+            "/obsm/X_umap",
+            "no such obsm key (--obsm)",
+            "X_pca, names, spatial",
+        ],
+    );
+    let err = c.fails_with(&["--obs", "donor", "--obsm", "none"]);
+    assert_mentions(&err, &["/obs/donor", "no such obs column"]);
+}
 
 #[test]
 fn var_index_not_utf8_is_refused_up_front() {

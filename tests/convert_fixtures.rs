@@ -112,6 +112,13 @@ fixture_tests! {
     obs_none: "obs_rich.h5ad", ["--obs", "none"], ["--obs", "none"];
     obs_chosen_columns: "obs_rich.h5ad", ["--obs", "donor,pct_mito,flag"], ["--obs", "donor,pct_mito,flag"];
     obs_of_a_legacy_file: "legacy_raw.h5ad", [], ["--matrix", "raw"];
+    neighbors_under_the_default_key_in_stored_order: "neighbors_csr.h5ad", [], [];
+    neighbors_of_a_csc_graph_by_key: "neighbors_csc.h5ad", ["--neighbors", "knn"], ["--neighbors", "knn"];
+    neighbors_absent_without_the_default_key: "neighbors_csc.h5ad", [], [];
+    neighbors_and_obsm_beside_a_dense_x: "neighbors_dense_x.h5ad", [], [];
+    neighbors_none_and_one_obsm_key: "neighbors_csr.h5ad", ["--neighbors", "none", "--obsm", "spatial"], ["--neighbors", "none", "--obsm", "spatial"];
+    obsm_none: "neighbors_csr.h5ad", ["--obsm", "none"], ["--obsm", "none"];
+    neighbors_of_a_directory_are_block_diagonal: "cells_dir", [], [];
 }
 
 /// A synthetic CSR input of `rows` x `cols` (bench/make_h5ad.py: float32 counts 1..49).

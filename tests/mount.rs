@@ -105,6 +105,47 @@ fn dropped_files_read_back_through_the_kernel() {
         .is_err());
 }
 
+/// Per-cell metadata through the kernel: obs as JSON and parquet, neighbor graphs as npz, obsm as
+/// npy (read_check.py's "cells" and "archive" groups read them with json, pandas, pyarrow and
+/// numpy against the sources read by anndata); bionemo-scdl 0.1.3 loads the graph through the
+/// mount. A directory conversion placed in the store gives one block-diagonal graph.
+#[test]
+fn per_cell_metadata_reads_back_through_the_kernel() {
+    let m = Mounted::start(&[]);
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("knn", "neighbors_csr.h5ad", &["--bionemo"]),
+        ("knncsc", "neighbors_csc.h5ad", &[]),
+        ("knndense", "neighbors_dense_x.h5ad", &[]),
+        ("obsrich", "obs_rich.h5ad", &[]),
+    ];
+    for (name, file, _) in &cases {
+        m.drop_file(&format!("{name}.h5ad"), &fixtures().join(file));
+    }
+    let out = m.store.join("cells");
+    let o = scdl(&[
+        "convert",
+        fixtures().join("cells_dir").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (name, file, extra) in &cases {
+        let st = m.wait_done(name);
+        assert_eq!(st["state"], "ready", "{name}: {st}");
+        m.read_check(name, &[&fixtures().join(file)], extra);
+    }
+    assert_eq!(m.wait_done("cells")["state"], "ready");
+    m.read_check("cells", &[&fixtures().join("cells_dir")], &["--bionemo"]);
+    // Rows past the end and ranges across the end are not there.
+    for missing in [
+        "obs/40.json",
+        "neighbors/40.npz",
+        "obsm/X_pca/40.npy",
+        "obsm/X_pca/39-41.npy",
+    ] {
+        assert!(!m.mnt.join("knn").join(missing).exists(), "{missing}");
+    }
+}
+
 #[test]
 fn a_larger_dataset_and_an_archive_placed_in_the_store() {
     let m = Mounted::start(&["--threads", "2"]);

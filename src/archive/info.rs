@@ -19,6 +19,10 @@ pub struct ArchiveInfo {
     pub feature_blocks: Vec<BlockInfo>,
     /// obs_features/: per block, its rows and (column, type) pairs; null when absent.
     pub obs: Option<crate::obs::ObsSummary>,
+    /// The neighbor graph's key, nnz and types; null when absent.
+    pub neighbors: Option<crate::cellmeta::neighbors::NeighborInfo>,
+    /// obsm keys with dtypes and shapes.
+    pub obsm: Vec<crate::cellmeta::obsm::ObsmInfo>,
     pub bytes: u64,
 }
 
@@ -74,6 +78,8 @@ impl Archive {
             },
             feature_blocks,
             obs: self.obs.clone(),
+            neighbors: self.neighbors().map(|n| n.info()),
+            obsm: self.obsm_keys().iter().map(|o| o.info()).collect(),
             bytes: self.disk_bytes(),
         }
     }
@@ -120,7 +126,7 @@ impl fmt::Display for ArchiveInfo {
             )?;
         }
         match &self.obs {
-            None => writeln!(f, "obs       none"),
+            None => writeln!(f, "obs       none")?,
             Some(obs) => {
                 writeln!(f, "obs       {} block(s)", obs.blocks.len())?;
                 for (i, b) in obs.blocks.iter().enumerate() {
@@ -128,8 +134,11 @@ impl fmt::Display for ArchiveInfo {
                         b.columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
                     writeln!(f, "  {i}: {} rows, columns [{}]", b.rows, cols.join(", "))?;
                 }
-                Ok(())
             }
         }
+        for line in crate::cellmeta::info_lines(self) {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
     }
 }

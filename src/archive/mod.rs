@@ -59,6 +59,9 @@ pub struct Archive {
     pub features: FeatureIndex,
     /// The per-cell metadata's layout, when the archive has `obs_features/`.
     pub obs: Option<crate::obs::ObsSummary>,
+    /// The neighbor graph and obsm keys (`cellmeta`).
+    neighbors: Option<crate::cellmeta::Neighbors>,
+    obsm: Vec<crate::cellmeta::ObsmArray>,
     pub version: String,
     data: File,
     cols: File,
@@ -212,7 +215,7 @@ impl Arrays {
 
 /// Decodes little-endian unsigned integers of `dtype` into `out`.
 /// (One loop per width, so that each is a plain widening loop.)
-fn decode_uints(bytes: &[u8], dtype: Dtype, out: &mut Vec<u64>) {
+pub(crate) fn decode_uints(bytes: &[u8], dtype: Dtype, out: &mut Vec<u64>) {
     match dtype {
         Dtype::U8 => out.extend(bytes.iter().map(|&b| b as u64)),
         Dtype::U16 => out.extend(
@@ -244,6 +247,7 @@ impl Archive {
         let arrays = Arrays::open(path, num_rows)?;
         let features = read_features(path, num_rows)?;
         let obs = crate::obs::ObsSummary::read(path, num_rows)?;
+        let (neighbors, obsm) = crate::cellmeta::open(path, num_rows)?;
         let archive = Archive {
             path: path.to_path_buf(),
             num_rows,
@@ -253,6 +257,8 @@ impl Archive {
             row_ptr_dtype: arrays.dtypes.2,
             features,
             obs,
+            neighbors,
+            obsm,
             version: read_version(path),
             data: arrays.data,
             cols: arrays.cols,
@@ -371,6 +377,21 @@ impl Archive {
     pub fn data_bytes(&self, a: u64, b: u64) -> Result<Vec<u8>> {
         let s = self.data_dtype.size() as u64;
         self.read_bytes(&self.data, FileNames::DATA, a * s, ((b - a) * s) as usize)
+    }
+
+    /// The neighbor graph, when the archive has one.
+    pub fn neighbors(&self) -> Option<&crate::cellmeta::Neighbors> {
+        self.neighbors.as_ref()
+    }
+
+    /// Every obsm key, sorted by name.
+    pub fn obsm_keys(&self) -> &[crate::cellmeta::ObsmArray] {
+        &self.obsm
+    }
+
+    /// One obsm key.
+    pub fn obsm(&self, key: &str) -> Option<&crate::cellmeta::ObsmArray> {
+        self.obsm.iter().find(|o| o.key == key)
     }
 
     /// The value and column files, for bulk copies (concat).

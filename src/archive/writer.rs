@@ -59,6 +59,8 @@ pub struct ArchiveWriter {
     rows: u64,
     nnz: u64,
     obs: Option<ObsIndex>,
+    /// Arrays beside the matrix (neighbor graphs): recorded in dtypes.json and header.sch.
+    extra_arrays: Vec<(&'static str, header::ArrayEntry)>,
 }
 
 /// The temporary directory name used for `output` (hidden, so nothing serves it).
@@ -123,6 +125,7 @@ impl ArchiveWriter {
             rows: 0,
             nnz: 0,
             obs: None,
+            extra_arrays: Vec::new(),
         };
         writer.write_row_end(0)?;
         Ok(writer)
@@ -138,6 +141,22 @@ impl ArchiveWriter {
     /// The per-cell metadata to write into `obs_features/` (it must cover every row).
     pub fn set_obs(&mut self, obs: ObsIndex) {
         self.obs = Some(obs);
+    }
+
+    /// The temporary directory, where per-cell arrays (`cellmeta`) write their files.
+    pub fn dir(&self) -> &Path {
+        &self.tmp.path
+    }
+
+    /// Records an array file written into `dir()` (synced by its writer): `file` in
+    /// dtypes.json, `name` in header.sch.
+    pub fn add_array(&mut self, file: &'static str, name: &str, length: u64, dtype: Dtype) {
+        let entry = header::ArrayEntry {
+            name: name.into(),
+            length,
+            dtype,
+        };
+        self.extra_arrays.push((file, entry));
     }
 
     pub fn dtype(&self) -> Dtype {
@@ -318,11 +337,14 @@ impl ArchiveWriter {
             &dir.join(FileNames::METADATA),
             &serde_json::json!({ "num_rows": self.rows }).to_string(),
         )?;
-        let dtypes = serde_json::json!({
+        let mut dtypes = serde_json::json!({
             FileNames::DATA: self.dtype.name(),
             FileNames::COL_PTR: self.widths.col_ptr.name(),
             FileNames::ROW_PTR: self.widths.row_ptr.name(),
         });
+        for (file, a) in &self.extra_arrays {
+            dtypes[*file] = a.dtype.name().into();
+        }
         write_synced(&dir.join(FileNames::DTYPES), &dtypes.to_string())?;
         write_synced(
             &dir.join(FileNames::VERSION),
@@ -331,26 +353,25 @@ impl ArchiveWriter {
     }
 
     fn header(&self, fdir: &Path) -> Result<Vec<u8>> {
-        Ok(header::encode(
-            &[
-                header::ArrayEntry {
-                    name: "DATA".into(),
-                    length: self.nnz,
-                    dtype: self.dtype,
-                },
-                header::ArrayEntry {
-                    name: "ROWPTR".into(),
-                    length: self.rows + 1,
-                    dtype: self.widths.row_ptr,
-                },
-                header::ArrayEntry {
-                    name: "COLPTR".into(),
-                    length: self.nnz,
-                    dtype: self.widths.col_ptr,
-                },
-            ],
-            &self.feature_index_entries(fdir)?,
-        ))
+        let mut arrays = vec![
+            header::ArrayEntry {
+                name: "DATA".into(),
+                length: self.nnz,
+                dtype: self.dtype,
+            },
+            header::ArrayEntry {
+                name: "ROWPTR".into(),
+                length: self.rows + 1,
+                dtype: self.widths.row_ptr,
+            },
+            header::ArrayEntry {
+                name: "COLPTR".into(),
+                length: self.nnz,
+                dtype: self.widths.col_ptr,
+            },
+        ];
+        arrays.extend(self.extra_arrays.iter().map(|(_, a)| a.clone()));
+        Ok(header::encode(&arrays, &self.feature_index_entries(fdir)?))
     }
 
     /// header.sch's feature indexes: the var features, and obs_features when there is obs.

@@ -15,7 +15,7 @@ use crate::names::DatasetName;
 use crate::render;
 
 /// The archive files served at the top of a ready dataset, in listing order.
-pub const ARCHIVE_FILES: [&str; 7] = [
+pub const ARCHIVE_FILES: [&str; 11] = [
     FileNames::DATA,
     FileNames::COL_PTR,
     FileNames::ROW_PTR,
@@ -23,6 +23,10 @@ pub const ARCHIVE_FILES: [&str; 7] = [
     FileNames::DTYPES,
     FileNames::VERSION,
     FileNames::HEADER,
+    crate::cellmeta::neighbors::INDPTR,
+    crate::cellmeta::neighbors::INDICES,
+    crate::cellmeta::neighbors::VALUES,
+    crate::cellmeta::neighbors::KEY_FILE,
 ];
 
 #[derive(Clone)]
@@ -57,6 +61,8 @@ pub struct ReadyDataset {
     /// The files of the feature index directory, sorted.
     pub feature_files: Vec<String>,
     feature_json: Vec<OnceLock<Vec<u8>>>,
+    /// What the per-cell metadata files read once (`cellmeta::render`).
+    pub cells: crate::cellmeta::render::CellCache,
 }
 
 impl ReadyDataset {
@@ -87,6 +93,7 @@ impl ReadyDataset {
             feature_dir,
             feature_files,
             feature_json: (0..blocks).map(|_| OnceLock::new()).collect(),
+            cells: Default::default(),
         }
     }
 

@@ -176,7 +176,7 @@ fn check_index_types(h5: &H5ad, path: &str, members: [(&str, &hdf5::Dataset); 2]
     Ok(())
 }
 
-fn element_dtype(desc: &TypeDescriptor) -> Option<Dtype> {
+pub(crate) fn element_dtype(desc: &TypeDescriptor) -> Option<Dtype> {
     use hdf5::types::FloatSize;
     Some(match desc {
         TypeDescriptor::Float(FloatSize::U2) => Dtype::F16,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use dataframe::{Column, DataFrame};
+pub(crate) use matrix::element_dtype;
 pub use matrix::{Block, Layout, MatrixReader, BLOCK_ELEMENTS};
 
 use crate::error::{Error, Result};

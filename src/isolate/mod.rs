@@ -141,6 +141,8 @@ pub fn convert_in_child(
     }
     // One argument with '=': a column name may start with '-'.
     args.push(format!("--obs={}", opts.obs).into());
+    args.push(format!("--neighbors={}", opts.neighbors).into());
+    args.push(format!("--obsm={}", opts.obsm).into());
     job.args = args;
     let outcome = run_worker(converter, &job, progress)?;
     if !outcome.status.success() {

@@ -27,6 +27,11 @@ pub enum Kind {
     Row = 9,
     CsrDir = 10,
     Range = 11,
+    /// Per-cell metadata (`metadata.rs`): directories, row files, ranges, store files.
+    MetaDir = 12,
+    MetaFile = 13,
+    MetaRange = 14,
+    MetaStore = 15,
     /// `batches/` (index 0) and the nodes below it (`NodeTable` ids): numbered apart from the
     /// other kinds.
     BatchesDir = 40,
@@ -48,6 +53,10 @@ impl Kind {
             Row,
             CsrDir,
             Range,
+            MetaDir,
+            MetaFile,
+            MetaRange,
+            MetaStore,
             BatchesDir,
             Batch,
         ]

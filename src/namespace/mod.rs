@@ -11,6 +11,7 @@
 //! /NAME/features/<k>.json        feature block k as JSON
 //! /NAME/rows/<i>.npy             row i, dense .npy        /NAME/rows/<a>-<b>.npy  rows [a, b)
 //! /NAME/csr/<a>-<b>.npz          rows [a, b) as scipy CSR
+//! /NAME/{obs,neighbors,obsm}/    per-cell metadata (metadata.rs)
 //! /NAME/batches/<PLAN>/<EPOCH>/<K>.npz|.safetensors   shuffled minibatch K
 //! /.stats                        request counters (JSON)
 //! ```
@@ -23,6 +24,7 @@
 mod batches;
 mod control;
 mod inode;
+mod metadata;
 mod node;
 mod readdir;
 mod upload;
@@ -235,6 +237,7 @@ pub struct Namespace {
     catalog: Arc<Catalog>,
     writers: Option<u32>,
     ranges: RangeTable,
+    meta_ranges: inode::NodeTable<metadata::MetaRange>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     control: Arc<ControlLog>,
@@ -257,6 +260,7 @@ impl Namespace {
             catalog: Catalog::new(store, options.catalog, Arc::new(observer)),
             writers: options.writers,
             ranges: RangeTable::default(),
+            meta_ranges: Default::default(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             control,
@@ -314,6 +318,7 @@ impl Namespace {
     pub fn forget(&self, ino: u64, n: u64) {
         match inode::split(ino) {
             Some((Kind::Range, _, id)) => self.ranges.forget(id, n),
+            Some((Kind::MetaRange, _, id)) => self.meta_ranges.forget(id, n),
             Some((Kind::Batch, _, id)) => self.batches.forget(id, n),
             _ => {}
         }
@@ -342,6 +347,7 @@ impl Namespace {
                 _ => "rows",
             },
             Kind::BatchesDir | Kind::Batch => "batches",
+            Kind::MetaDir | Kind::MetaFile | Kind::MetaRange | Kind::MetaStore => "cells",
         }
     }
 
@@ -413,6 +419,10 @@ impl Namespace {
                     Part::Range { span, csr: true } => {
                         render::npz_size(&r.archive, span).map_err(io_err)?
                     }
+                    Part::Meta(m) => match self.meta_size(r, m)? {
+                        Some(size) => size,
+                        None => return Ok(dir(ino, 0o555, mtime, LONG_TTL)),
+                    },
                 };
                 Ok(file(ino, size, 0o444, mtime, LONG_TTL))
             }
@@ -506,6 +516,10 @@ impl Namespace {
                 Ok(self.opened(Handle::Npz(Arc::new(OnceLock::new())), true, false))
             }
             Node::Ready(_, _, Part::Range { .. }) => Ok(self.opened(Handle::Computed, true, false)),
+            Node::Ready(_, r, Part::Meta(m)) => match self.meta_render(&r, &m)? {
+                Some(bytes) => Ok(self.opened(Handle::Snapshot(bytes.into()), false, true)),
+                None => Ok(self.opened(Handle::Computed, false, true)),
+            },
             _ => Ok(self.opened(Handle::Computed, false, true)),
         }
     }
@@ -550,6 +564,7 @@ impl Namespace {
             Node::Ready(_, r, Part::Row(span) | Part::Range { span, .. }) => span
                 .dense_read(&r.archive, offset, size as usize)
                 .map_err(io_err),
+            Node::Ready(_, r, Part::Meta(m)) => self.meta_read(&r, &m, offset, size),
             _ => Err(FsError::NotFound),
         })
     }

@@ -39,6 +39,8 @@ pub(super) enum Part {
         span: RowSpan,
         csr: bool,
     },
+    /// Per-cell metadata (`metadata.rs`).
+    Meta(super::metadata::Meta),
     /// `batches/`.
     BatchesDir,
     /// `batches/<PLAN>/` or `batches/<PLAN>/<EPOCH>/`.
@@ -97,6 +99,9 @@ impl Namespace {
                     csr: range.csr,
                 })
             }
+            Kind::MetaDir | Kind::MetaFile | Kind::MetaRange | Kind::MetaStore => {
+                self.meta_part(r, kind, index)
+            }
             Kind::BatchesDir => Some(Part::BatchesDir),
             Kind::Batch => match self.batches.node(index)? {
                 (
@@ -136,6 +141,7 @@ impl Namespace {
                 | Kind::CsrDir
                 | Kind::BatchesDir
                 | Kind::Batch
+                | Kind::MetaDir
         ) {
             return Err(FsError::NotDir);
         }
@@ -144,6 +150,7 @@ impl Namespace {
             Kind::DatasetDir => dataset_child(id, &r, name),
             Kind::FeaturesDir => features_child(id, &r, name),
             Kind::RowsDir => self.rows_child(id, &r, name),
+            Kind::MetaDir => self.meta_child(id, &r, index, name),
             Kind::BatchesDir => self.batches.child(id, &r, None, name),
             Kind::Batch => {
                 let (parent, _) = self.batches.node(index).ok_or(FsError::NotFound)?;
@@ -221,7 +228,7 @@ fn dataset_child(id: u16, r: &ReadyDataset, name: &str) -> FsResult<u64> {
         "rows" => Ok(ino(Kind::RowsDir, id, 0)),
         "csr" => Ok(ino(Kind::CsrDir, id, 0)),
         "batches" => Ok(ino(Kind::BatchesDir, id, 0)),
-        _ => Err(FsError::NotFound),
+        _ => super::metadata::dataset_child(id, r, name).ok_or(FsError::NotFound),
     }
 }
 

@@ -12,14 +12,16 @@ use crate::catalog::{Dataset, ReadyDataset};
 const BASE: u64 = 2;
 
 /// The entries of one READDIR: those at positions `offset..`, at most `max`.
-struct Page {
-    offset: u64,
-    max: usize,
+pub(super) struct Page {
+    pub(super) offset: u64,
+    pub(super) max: usize,
     entries: Vec<DirEntry>,
 }
 
 impl Page {
-    fn push(&mut self, pos: u64, ino: u64, kind: NodeType, name: String) {
+    pub(super) const BASE: u64 = BASE;
+
+    pub(super) fn push(&mut self, pos: u64, ino: u64, kind: NodeType, name: String) {
         if pos >= self.offset && self.entries.len() < self.max {
             self.entries.push(DirEntry {
                 ino,
@@ -37,7 +39,7 @@ impl Page {
     }
 
     /// `entries` at positions from `BASE` on.
-    fn extend(&mut self, entries: Vec<(u64, NodeType, String)>) {
+    pub(super) fn extend(&mut self, entries: Vec<(u64, NodeType, String)>) {
         for (i, (ino, kind, name)) in entries.into_iter().enumerate() {
             self.push(BASE + i as u64, ino, kind, name);
         }
@@ -64,6 +66,9 @@ impl Namespace {
             Node::Ready(_, r, Part::BatchDir(node)) => {
                 let rest = page.max.saturating_sub(page.entries.len());
                 page.append(epoch_entries(r, node, BASE, offset, rest));
+            }
+            Node::Ready(ds, r, Part::Meta(super::metadata::Meta::Dir(d))) => {
+                super::metadata::entries(&mut page, ds.id(), r, *d)
             }
             _ => {
                 self.attr(dir, &node)?;
@@ -115,6 +120,7 @@ fn dataset_entries(ds: &Dataset) -> Vec<(u64, NodeType, String)> {
         ] {
             entries.push((ino(kind, id, 0), NodeType::Dir, name.into()));
         }
+        entries.extend(super::metadata::dataset_entries(id, &r));
     }
     entries
 }

@@ -14,7 +14,8 @@ col_ptr.npy/row_ptr.npy must have the index dtypes verify.py expects (--index-dt
 Check groups (one output line each, "PASS group: detail" or "FAIL group: detail"):
   status    MNT/NAME/status.json: state "ready", rows_total == rows_done == the expected row count, no error
   archive   verify.py's raw reader on MNT/NAME: metadata.json, dtypes.json, version.json, features/ parquet,
-            data.npy/col_ptr.npy/row_ptr.npy read with np.fromfile through the mount
+            data.npy/col_ptr.npy/row_ptr.npy read with np.fromfile through the mount, obs_features/ with
+            pyarrow, neighbor_*.npy and obsm/<KEY>.npy with numpy (tests/oracle/cell_arrays.py)
   memmap    the same three arrays through np.memmap(mode="r") (mmap through the mount)
   features  features/<k>.json for every block: first_row/num_rows/num_vars match the block partition (and
             features/cumulative_sum_index.npy), a column equals the block's var ids; features/<last+1>.json
@@ -31,6 +32,8 @@ Check groups (one output line each, "PASS group: detail" or "FAIL group: detail"
             reads it with members format/shape/data/indices/indptr
   listing   MNT/NAME lists status.json, data.npy, rows, csr, features; MNT/NAME/rows lists exactly
             0.npy..<n-1>.npy (n_rows <= 10000; else os.scandir's first 10 names are 0.npy..9.npy in order)
+  cells     obs/<i>.json, obs/<a>-<b>.parquet, neighbors/<i>.npz, obsm/<KEY>/<i>.npy and <a>-<b>.npy
+            read with json, pandas, pyarrow and numpy against the sources (tests/mount/cells_check.py)
   readonly  open(data.npy, "r+b") and creating MNT/NAME/new.txt fail (PermissionError / EROFS / EACCES)
   bionemo-0.1.3, bionemo-0.0.5 (with --bionemo): SingleCellMemMapDataset(MNT/NAME) in a subprocess with a
             read-only shim (bionemo asks for r+), get_row compared like verify.py does (all rows up to
@@ -62,6 +65,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 
 import verify as V  # noqa: E402  tests/oracle/verify.py: source loader, CSR comparison, bionemo reader
+import cells_check  # noqa: E402  the "cells" group (per-cell metadata)
 
 ALL_ROWS_LIMIT = 200  # every row is read when n_rows <= this
 FULL_LISTING_LIMIT = 10_000  # rows/ is listed completely up to this many rows
@@ -294,9 +298,17 @@ def check_status(ctx):
 
 def check_archive(ctx):
     try:
-        # The mount does not list obs_features/ yet (docs/SEMANTICS.md): obs is checked in the store.
-        return V.check_raw(ctx.root, ctx.exp, obs_choice=None)
-    except V.Mismatch as m:
+        detail = V.check_raw(ctx.root, ctx.exp, obs_choice="all")
+        paths = [s.path for s in ctx.exp.sources]
+        return detail + ", " + V.cell_arrays.check_raw(ctx.root, paths, "auto", "all")
+    except (V.Mismatch, V.cell_arrays.CellMismatch) as m:
+        raise Fail(str(m)) from None
+
+
+def check_cells(ctx):
+    try:
+        return cells_check.check(ctx)
+    except cells_check.CellsFail as m:
         raise Fail(str(m)) from None
 
 
@@ -622,10 +634,16 @@ class RoMemmapShim:
         np.memmap = ReadOnlyMemmap
 
 
-def bionemo_child(target, archive, out):
+def bionemo_child(target, archive, out, neighbor_key=None):
     """In the child process: the read-only shim, then verify.py's bionemo reader."""
     RoMemmapShim(archive).install()
-    V.bionemo_child(target, archive, out)
+    V.bionemo_child(target, archive, out, neighbor_key)
+
+
+def neighbor_key(ctx, version):
+    """The graph bionemo 0.1.3 should load (None: none, or 0.0.5, which has no neighbors)."""
+    paths = [s.path for s in ctx.exp.sources]
+    return V.cell_arrays.graph_key(paths, "auto") if version == "0.1.3" else None
 
 
 def check_bionemo(ctx, version, proc, out):
@@ -641,6 +659,9 @@ def check_bionemo(ctx, version, proc, out):
         raise Fail(f"reader process failed (exit {proc.returncode}): {stderr.strip()[-1200:]}") from None
     judge = V.BionemoReader.__new__(V.BionemoReader)  # verify.py's judgement, without its copy of the archive
     judge.version, judge.archive, judge.out = version, ctx.root, out
+    judge.obs_choice, key = "all", neighbor_key(ctx, version)
+    paths = [s.path for s in ctx.exp.sources]
+    judge.graph = [key, V.cell_arrays.expected_graph(paths, "auto")] if key else None
     try:
         status, detail = judge.judge(ctx.exp, res)
     except V.Mismatch as m:
@@ -656,7 +677,8 @@ def start_bionemo(ctx, tmp):
             V.die(f"{target} missing; run scripts/test-env.sh")
         out = os.path.join(tmp, f"rows-{version}.npz")
         p = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--bionemo-child", target, ctx.root, out],
+            [sys.executable, os.path.abspath(__file__), "--bionemo-child", target, ctx.root, out]
+            + ([neighbor_key(ctx, version)] if neighbor_key(ctx, version) else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
         )
@@ -676,6 +698,7 @@ GROUPS = [
     ("missing", check_missing),
     ("csr", check_csr),
     ("listing", check_listing),
+    ("cells", check_cells),
     ("readonly", check_readonly),
 ]
 
@@ -723,9 +746,9 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--bionemo-child"]:
-        if len(argv) != 4:
-            V.die("usage: --bionemo-child TARGET ARCHIVE OUT")
-        bionemo_child(*argv[1:4])
+        if len(argv) not in (4, 5):
+            V.die("usage: --bionemo-child TARGET ARCHIVE OUT [NEIGHBOR_KEY]")
+        bionemo_child(*argv[1:5])
         return 0
     args = parse_args(argv)
     source_paths = V.list_sources(args.sources)  # exit 2 when a source is missing

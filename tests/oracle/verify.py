@@ -4,7 +4,8 @@
     PY=$(scripts/test-env.sh)
     "$PY" tests/oracle/verify.py ARCHIVE SOURCE [SOURCE...] [--matrix auto|X|raw|layers/NAME]
                                  [--readers raw,0.0.5,0.1.3] [--data-dtype DTYPE|auto]
-                                 [--index-dtypes narrow|wide]
+                                 [--index-dtypes narrow|wide] [--obs all|none|COL,...]
+                                 [--neighbors auto|none|KEY] [--obsm all|none|KEY,...]
 
 SOURCE is an .h5ad file or a directory (every *.h5ad below it, sorted by path); the rows of all sources are
 stacked in order. The expected matrix of each source is read with anndata (h5py for layouts anndata cannot
@@ -16,6 +17,12 @@ from the source values). Otherwise values must be equal exactly (compared as flo
 Index dtypes (dtypes.json, and the arrays read in them): narrow (default) = bionemo-scdl 0.1.3's rule, the
 smallest unsigned type holding the largest column index (widest source - 1) and the number of values (for
 a dense source: rows x columns, the most it can hold); wide = uint32 / uint64.
+
+Per-cell arrays (tests/oracle/cell_arrays.py): the obsp graph --neighbors names (auto: next_cell_ids when
+a source has it) stacked block-diagonally, and the obsm keys --obsm names, read from the sources with
+anndata; the raw reader compares neighbor_*.npy and obsm/<KEY>.npy exactly (dtypes too), bionemo 0.1.3
+loads the archive with load_neighbors=True, neighbor_key=KEY and its per-cell indices and weights must
+be the source's, in stored order and dtype.
 
 Readers:
   raw     the archive's files read directly, by the contract scdl-fs writes (see check_raw).
@@ -49,6 +56,8 @@ if __name__ == "__main__":
     ensure("verify", ["anndata"])
 
 import numpy as np  # noqa: E402
+
+import cell_arrays  # noqa: E402
 
 BIONEMO_VERSIONS = ("0.0.5", "0.1.3")
 BIONEMO_ALL_ROWS_LIMIT = 20_000
@@ -609,8 +618,10 @@ class BionemoReader:
     """One bionemo-scdl version reading a temporary copy of the archive in its own process. Started before
     the sources are read, so that its (slow) imports overlap with ours."""
 
-    def __init__(self, version, archive, tmp, obs_choice="all"):
+    def __init__(self, version, archive, tmp, obs_choice="all", graph=None):
         self.version, self.archive, self.obs_choice = version, archive, obs_choice
+        # (key, expected graph) when bionemo 0.1.3 should load neighbors; the graph is filled in later
+        self.graph = graph if version == "0.1.3" else None
         target = os.path.join(venv_dir(), f"bionemo-{version}")
         if not os.path.isdir(target):
             die(f"{target} missing; run scripts/test-env.sh")
@@ -618,7 +629,8 @@ class BionemoReader:
         shutil.copytree(archive, copy)  # bionemo opens its memmaps r+: never hand it the original
         self.out = os.path.join(tmp, f"rows-{version}.npz")
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--bionemo-child", target, copy, self.out],
+            [sys.executable, os.path.abspath(__file__), "--bionemo-child", target, copy, self.out]
+            + ([self.graph[0]] if self.graph else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
         )
@@ -661,6 +673,11 @@ class BionemoReader:
         note = f", column order differs in {changed} row(s)" if changed else ""
         if "obs" in res:
             note += self.judge_obs(exp, rows, res["obs"])
+        if self.graph:
+            try:
+                note += cell_arrays.judge_bionemo(got, self.graph[1], rows)
+            except cell_arrays.CellMismatch as m:
+                raise Mismatch(str(m)) from None
         return "PASS", f"{what} via get_row, number_of_rows {exp.n_rows}, number_nonzero_values {exp.nnz}{note}"
 
     def judge_obs(self, exp, rows, got):
@@ -692,7 +709,7 @@ class BionemoReader:
         return ""
 
 
-def bionemo_child(target, archive, out):
+def bionemo_child(target, archive, out, neighbor_key=None):
     """Runs in its own process: open the archive with one bionemo-scdl version and read its rows into `out`."""
     sys.path[:0] = [target, TORCH_STUB]
     warnings.simplefilter("ignore")
@@ -723,8 +740,14 @@ def bionemo_child(target, archive, out):
             ptr.append(ptr[-1] + len(values))
     except Exception as e:  # noqa: BLE001
         res["row_error"] = f"row {r}: get_row raised {type(e).__name__}: {e}"[:500]
+    graph = {}
+    if neighbor_key is not None and "row_error" not in res:
+        try:
+            graph = cell_arrays.bionemo_graph(archive, neighbor_key, bionemo_rows(res["number_of_rows"])[0])
+        except Exception as e:  # noqa: BLE001
+            res["row_error"] = f"load_neighbors=True, neighbor_key={neighbor_key!r}: {type(e).__name__}: {e}"[:500]
     np.savez(out, indptr=np.asarray(ptr, np.int64), indices=np.concatenate(ind + [np.zeros(0, np.int64)]),
-             data=np.concatenate(dat + [np.zeros(0)]))
+             data=np.concatenate(dat + [np.zeros(0)]), **graph)
     if with_obs and "row_error" not in res:
         res["obs"] = obs
     print(json.dumps(res))
@@ -734,7 +757,7 @@ def bionemo_child(target, archive, out):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--bionemo-child"]:
-        bionemo_child(*argv[1:4])
+        bionemo_child(*argv[1:5])
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("archive")
@@ -744,6 +767,8 @@ def main(argv=None):
     ap.add_argument("--data-dtype", default=None)
     ap.add_argument("--index-dtypes", choices=("narrow", "wide"), default="narrow")
     ap.add_argument("--obs", default="all", help="the --obs the archive was converted with: all, none or COL,...")
+    ap.add_argument("--neighbors", default="auto", help="the --neighbors it was converted with: auto, none or KEY")
+    ap.add_argument("--obsm", default="all", help="the --obsm it was converted with: all, none or KEY,...")
     args = ap.parse_args(argv)
     if args.matrix not in ("auto", "X", "raw") and not re.fullmatch(r"layers/.+", args.matrix):
         ap.error(f"--matrix must be auto, X, raw or layers/NAME, not {args.matrix!r}")
@@ -761,14 +786,19 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="scdl-verify-") as tmp:
         bionemo = {}
         try:
+            key = cell_arrays.graph_key(source_paths, args.neighbors)
+            graph = [key, None] if key else None
             for r in readers:
                 if r != "raw":
-                    bionemo[r] = BionemoReader(r, args.archive, tmp, args.obs)
+                    bionemo[r] = BionemoReader(r, args.archive, tmp, args.obs, graph)
+            if graph:
+                graph[1] = cell_arrays.expected_graph(source_paths, args.neighbors)
             exp = Expected([read_source(p, args.matrix) for p in source_paths], data_dtype, args.index_dtypes)
             for reader in readers:
                 try:
                     if reader == "raw":
                         status, detail = "PASS", check_raw(args.archive, exp, args.obs)
+                        detail += ", " + cell_arrays.check_raw(args.archive, source_paths, args.neighbors, args.obsm)
                     else:
                         status, detail = bionemo[reader].result(exp)
                 except Mismatch as m:
