@@ -134,7 +134,7 @@ pub fn concat_with(
         .iter()
         .map(|a| crate::archive::tree_size(&a.path.join(crate::obs::OBS_DIR)))
         .sum();
-    let cells = crate::cellmeta::ConcatArrays::plan(&archives)?;
+    let cells = crate::archive::cellmeta::ConcatArrays::plan(&archives)?;
     let obs_bytes = obs_bytes.saturating_add(cells.disk_bytes(&archives));
     crate::space::ensure_room(output, needed.saturating_add(obs_bytes))?;
     progress.start(archives.iter().map(|a| a.num_rows).sum());

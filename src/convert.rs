@@ -15,8 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use crate::archive::cellmeta::{CellArrays, CellSource};
 use crate::archive::{ArchiveWriter, IndexDtypes, IndexWidths, WrittenArchive, ARCHIVE_VERSION};
-use crate::cellmeta::{CellArrays, CellSource};
 use crate::dtype::{convert_into, Dtype, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::exact_fit::ExactFit;
@@ -69,9 +69,9 @@ pub struct ConvertOptions {
     /// Which obs columns go into `obs_features/` (the index always, unless none).
     pub obs: crate::obs::ObsChoice,
     /// Which obsp graph becomes the archive's neighbors (`auto`: bionemo's default key if present).
-    pub neighbors: crate::cellmeta::NeighborChoice,
+    pub neighbors: crate::archive::cellmeta::NeighborChoice,
     /// Which obsm keys go into `obsm/`.
-    pub obsm: crate::cellmeta::ObsmChoice,
+    pub obsm: crate::archive::cellmeta::ObsmChoice,
     /// Lower this process's file-size limit to the computed output size before writing (for
     /// worker processes, whose only job is this conversion).
     pub cap_file_size: bool,
@@ -114,27 +114,6 @@ pub fn input_files(input: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// The smallest archive type that holds both `a` and `b` (for `keep` over several files).
-pub(crate) fn promote(a: Dtype, b: Dtype) -> Dtype {
-    let (a, b) = (a.unsigned_counterpart(), b.unsigned_counterpart());
-    let size = a.size().max(b.size());
-    match (a.is_float(), b.is_float()) {
-        (false, false) => {
-            [Dtype::U8, Dtype::U16, Dtype::U32, Dtype::U64][size.trailing_zeros() as usize]
-        }
-        (true, true) => [Dtype::F16, Dtype::F32, Dtype::F64][size.trailing_zeros() as usize - 1],
-        _ => {
-            let (f, i) = if a.is_float() { (a, b) } else { (b, a) };
-            // A float wide enough for every value of the integer type where possible.
-            if i.size() >= 4 || f == Dtype::F64 {
-                Dtype::F64
-            } else {
-                Dtype::F32
-            }
-        }
-    }
 }
 
 /// Converts `input` (a file or a directory of files) into a new archive at `output`.
@@ -199,7 +178,7 @@ pub fn convert_labelled(
         DataDtypeChoice::Keep => sources
             .iter()
             .map(|s| s.dtype.unsigned_counterpart())
-            .reduce(promote)
+            .reduce(crate::dtype::promote)
             .or(Some(Dtype::F32)),
         DataDtypeChoice::Auto => None,
     };

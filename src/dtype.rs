@@ -305,6 +305,27 @@ pub fn convert_into<S: Element, T: Element>(
     Ok(())
 }
 
+/// The smallest archive type that holds both `a` and `b` (for `keep` over several files).
+pub fn promote(a: Dtype, b: Dtype) -> Dtype {
+    let (a, b) = (a.unsigned_counterpart(), b.unsigned_counterpart());
+    let size = a.size().max(b.size());
+    match (a.is_float(), b.is_float()) {
+        (false, false) => {
+            [Dtype::U8, Dtype::U16, Dtype::U32, Dtype::U64][size.trailing_zeros() as usize]
+        }
+        (true, true) => [Dtype::F16, Dtype::F32, Dtype::F64][size.trailing_zeros() as usize - 1],
+        _ => {
+            let (f, i) = if a.is_float() { (a, b) } else { (b, a) };
+            // A float wide enough for every value of the integer type where possible.
+            if i.size() >= 4 || f == Dtype::F64 {
+                Dtype::F64
+            } else {
+                Dtype::F32
+            }
+        }
+    }
+}
+
 /// Calls `$body` with the type alias `$T` bound to the Rust type of `$dtype`.
 #[macro_export]
 macro_rules! with_element_type {

@@ -22,7 +22,6 @@
 pub mod archive;
 pub mod batches;
 pub mod catalog;
-pub mod cellmeta;
 pub mod concat;
 pub mod confine;
 pub mod convert;

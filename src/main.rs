@@ -51,10 +51,10 @@ struct ConversionArgs {
     /// The obsp neighbor graph kept as bionemo-scdl 0.1.3's neighbor files: auto (obsp/next_cell_ids,
     /// bionemo's default key, when present), none, or KEY.
     #[arg(long, default_value = "auto")]
-    neighbors: scdl_fs::cellmeta::NeighborChoice,
+    neighbors: scdl_fs::archive::cellmeta::NeighborChoice,
     /// obsm keys kept in obsm/ (dense arrays): all, none, or KEY,KEY,...
     #[arg(long, default_value = "all")]
-    obsm: scdl_fs::cellmeta::ObsmChoice,
+    obsm: scdl_fs::archive::cellmeta::ObsmChoice,
 }
 
 impl ConversionArgs {

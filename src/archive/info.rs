@@ -20,9 +20,9 @@ pub struct ArchiveInfo {
     /// obs_features/: per block, its rows and (column, type) pairs; null when absent.
     pub obs: Option<crate::obs::ObsSummary>,
     /// The neighbor graph's key, nnz and types; null when absent.
-    pub neighbors: Option<crate::cellmeta::neighbors::NeighborInfo>,
+    pub neighbors: Option<crate::archive::cellmeta::neighbors::NeighborInfo>,
     /// obsm keys with dtypes and shapes.
-    pub obsm: Vec<crate::cellmeta::obsm::ObsmInfo>,
+    pub obsm: Vec<crate::archive::cellmeta::obsm::ObsmInfo>,
     pub bytes: u64,
 }
 
@@ -136,7 +136,7 @@ impl fmt::Display for ArchiveInfo {
                 }
             }
         }
-        for line in crate::cellmeta::info_lines(self) {
+        for line in crate::archive::cellmeta::info_lines(self) {
             writeln!(f, "{line}")?;
         }
         Ok(())

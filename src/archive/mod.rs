@@ -7,6 +7,7 @@
 //! daemon serving millions of random rows keeps its resident memory flat, the data staying in
 //! the kernel's page cache. `ArchiveWriter` writes one atomically.
 
+pub mod cellmeta;
 pub mod header;
 mod info;
 pub mod widths;
@@ -60,8 +61,8 @@ pub struct Archive {
     /// The per-cell metadata's layout, when the archive has `obs_features/`.
     pub obs: Option<crate::obs::ObsSummary>,
     /// The neighbor graph and obsm keys (`cellmeta`).
-    neighbors: Option<crate::cellmeta::Neighbors>,
-    obsm: Vec<crate::cellmeta::ObsmArray>,
+    neighbors: Option<crate::archive::cellmeta::Neighbors>,
+    obsm: Vec<crate::archive::cellmeta::ObsmArray>,
     pub version: String,
     data: File,
     cols: File,
@@ -247,7 +248,7 @@ impl Archive {
         let arrays = Arrays::open(path, num_rows)?;
         let features = read_features(path, num_rows)?;
         let obs = crate::obs::ObsSummary::read(path, num_rows)?;
-        let (neighbors, obsm) = crate::cellmeta::open(path, num_rows)?;
+        let (neighbors, obsm) = crate::archive::cellmeta::open(path, num_rows)?;
         let archive = Archive {
             path: path.to_path_buf(),
             num_rows,
@@ -380,17 +381,17 @@ impl Archive {
     }
 
     /// The neighbor graph, when the archive has one.
-    pub fn neighbors(&self) -> Option<&crate::cellmeta::Neighbors> {
+    pub fn neighbors(&self) -> Option<&crate::archive::cellmeta::Neighbors> {
         self.neighbors.as_ref()
     }
 
     /// Every obsm key, sorted by name.
-    pub fn obsm_keys(&self) -> &[crate::cellmeta::ObsmArray] {
+    pub fn obsm_keys(&self) -> &[crate::archive::cellmeta::ObsmArray] {
         &self.obsm
     }
 
     /// One obsm key.
-    pub fn obsm(&self, key: &str) -> Option<&crate::cellmeta::ObsmArray> {
+    pub fn obsm(&self, key: &str) -> Option<&crate::archive::cellmeta::ObsmArray> {
         self.obsm.iter().find(|o| o.key == key)
     }
 

@@ -23,10 +23,10 @@ pub const ARCHIVE_FILES: [&str; 11] = [
     FileNames::DTYPES,
     FileNames::VERSION,
     FileNames::HEADER,
-    crate::cellmeta::neighbors::INDPTR,
-    crate::cellmeta::neighbors::INDICES,
-    crate::cellmeta::neighbors::VALUES,
-    crate::cellmeta::neighbors::KEY_FILE,
+    crate::archive::cellmeta::neighbors::INDPTR,
+    crate::archive::cellmeta::neighbors::INDICES,
+    crate::archive::cellmeta::neighbors::VALUES,
+    crate::archive::cellmeta::neighbors::KEY_FILE,
 ];
 
 #[derive(Clone)]
@@ -62,7 +62,7 @@ pub struct ReadyDataset {
     pub feature_files: Vec<String>,
     feature_json: Vec<OnceLock<Vec<u8>>>,
     /// What the per-cell metadata files read once (`cellmeta::render`).
-    pub cells: crate::cellmeta::render::CellCache,
+    pub cells: crate::render::cells::CellCache,
 }
 
 impl ReadyDataset {

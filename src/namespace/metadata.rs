@@ -16,11 +16,10 @@
 use std::path::PathBuf;
 
 use super::inode::{ino, parse_index, parse_range, Kind};
-use super::node::Part;
-use super::readdir::Page;
+use super::page::Page;
 use super::{io_err, FsError, FsResult, Namespace, NodeType};
 use crate::catalog::ReadyDataset;
-use crate::cellmeta::render as cells;
+use crate::render::cells;
 
 /// The most rows one `obs/<a>-<b>.parquet` may hold.
 const MAX_PARQUET_ROWS: u64 = 1 << 20;
@@ -145,16 +144,23 @@ pub(super) fn dataset_child(id: u16, r: &ReadyDataset, name: &str) -> Option<u64
         .map(|(i, _, _)| i)
 }
 
+/// What a metadata inode stands for: a rendered file or directory, or a real file of the store
+/// (`obs_features/`, `obsm/<KEY>.npy`, the neighbor arrays).
+pub(super) enum MetaNode {
+    Meta(Meta),
+    StoreFile(PathBuf),
+}
+
 impl Namespace {
     /// The node of a metadata inode.
-    pub(super) fn meta_part(&self, r: &ReadyDataset, kind: Kind, index: u64) -> Option<Part> {
+    pub(super) fn meta_part(&self, r: &ReadyDataset, kind: Kind, index: u64) -> Option<MetaNode> {
         let (what, row) = (index >> ROW_BITS, index & ((1 << ROW_BITS) - 1));
         let meta = match kind {
             Kind::MetaDir => {
                 let d = MetaDir::of_index(index);
-                return d.exists(r).then_some(Part::Meta(Meta::Dir(d)));
+                return d.exists(r).then_some(MetaNode::Meta(Meta::Dir(d)));
             }
-            Kind::MetaStore => return self.store_file(r, what, row).map(Part::File),
+            Kind::MetaStore => return self.store_file(r, what, row).map(MetaNode::StoreFile),
             Kind::MetaFile => match what {
                 WHAT_OBS => Meta::ObsJson(row),
                 WHAT_NEIGHBORS => Meta::NeighborNpz(row),
@@ -182,7 +188,7 @@ impl Namespace {
             }
             _ => return None,
         };
-        valid(r, &meta).then_some(Part::Meta(meta))
+        valid(r, &meta).then_some(MetaNode::Meta(meta))
     }
 
     fn store_file(&self, r: &ReadyDataset, what: u64, i: u64) -> Option<PathBuf> {

@@ -26,6 +26,7 @@ mod control;
 mod inode;
 mod metadata;
 mod node;
+mod page;
 mod readdir;
 mod upload;
 

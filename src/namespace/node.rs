@@ -8,6 +8,7 @@ use super::batches::{BatchKey, BatchNode, Level};
 use super::inode::{
     self, ino, parse_index, parse_range, Kind, Range, CONTROL_INO, ROOT_INO, STATS_INO,
 };
+use super::metadata::MetaNode;
 use super::{io_err, FsError, FsResult, Namespace};
 use crate::catalog::{Dataset, ReadyDataset, ARCHIVE_FILES};
 use crate::render::{self, RowSpan};
@@ -100,7 +101,10 @@ impl Namespace {
                 })
             }
             Kind::MetaDir | Kind::MetaFile | Kind::MetaRange | Kind::MetaStore => {
-                self.meta_part(r, kind, index)
+                Some(match self.meta_part(r, kind, index)? {
+                    MetaNode::Meta(m) => Part::Meta(m),
+                    MetaNode::StoreFile(path) => Part::File(path),
+                })
             }
             Kind::BatchesDir => Some(Part::BatchesDir),
             Kind::Batch => match self.batches.node(index)? {

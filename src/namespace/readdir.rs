@@ -5,56 +5,15 @@
 use super::batches::epoch_entries;
 use super::inode::{ino, Kind, CONTROL_INO, ROOT_INO};
 use super::node::{archive_file_ino, Node, Part};
+use super::page::Page;
 use super::{DirEntry, FsError, FsResult, Namespace, NodeType};
 use crate::catalog::{Dataset, ReadyDataset};
-
-/// The first position after "." and "..".
-const BASE: u64 = 2;
-
-/// The entries of one READDIR: those at positions `offset..`, at most `max`.
-pub(super) struct Page {
-    pub(super) offset: u64,
-    pub(super) max: usize,
-    entries: Vec<DirEntry>,
-}
-
-impl Page {
-    pub(super) const BASE: u64 = BASE;
-
-    pub(super) fn push(&mut self, pos: u64, ino: u64, kind: NodeType, name: String) {
-        if pos >= self.offset && self.entries.len() < self.max {
-            self.entries.push(DirEntry {
-                ino,
-                next: pos + 1,
-                kind,
-                name,
-            });
-        }
-    }
-
-    /// Entries already cut to this page (their positions from `BASE` on).
-    fn append(&mut self, mut entries: Vec<DirEntry>) {
-        entries.truncate(self.max.saturating_sub(self.entries.len()));
-        self.entries.extend(entries);
-    }
-
-    /// `entries` at positions from `BASE` on.
-    pub(super) fn extend(&mut self, entries: Vec<(u64, NodeType, String)>) {
-        for (i, (ino, kind, name)) in entries.into_iter().enumerate() {
-            self.push(BASE + i as u64, ino, kind, name);
-        }
-    }
-}
 
 impl Namespace {
     /// Up to `max` entries after `offset` (0 = from the start; "." and ".." included).
     pub fn readdir(&self, dir: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
         let node = self.node(dir)?;
-        let mut page = Page {
-            offset,
-            max,
-            entries: Vec::new(),
-        };
+        let mut page = Page::new(offset, max);
         page.push(0, dir, NodeType::Dir, ".".into());
         page.push(1, ROOT_INO, NodeType::Dir, "..".into());
         match &node {
@@ -64,8 +23,8 @@ impl Namespace {
             Node::Ready(ds, r, Part::RowsDir) => row_entries(&mut page, ds.id(), r),
             Node::Ready(_, _, Part::CsrDir | Part::BatchesDir) => {}
             Node::Ready(_, r, Part::BatchDir(node)) => {
-                let rest = page.max.saturating_sub(page.entries.len());
-                page.append(epoch_entries(r, node, BASE, offset, rest));
+                let rest = page.room();
+                page.append(epoch_entries(r, node, Page::BASE, offset, rest));
             }
             Node::Ready(ds, r, Part::Meta(super::metadata::Meta::Dir(d))) => {
                 super::metadata::entries(&mut page, ds.id(), r, *d)
@@ -75,7 +34,7 @@ impl Namespace {
                 return Err(FsError::NotDir);
             }
         }
-        Ok(page.entries)
+        Ok(page.into_entries())
     }
 
     /// `.control`, then each dataset's directory and input, by name.
@@ -144,11 +103,11 @@ fn feature_entries(id: u16, r: &ReadyDataset) -> Vec<(u64, NodeType, String)> {
 
 /// Only the rows of this page are produced.
 fn row_entries(page: &mut Page, id: u16, r: &ReadyDataset) {
-    let first = page.offset.max(BASE) - BASE;
+    let first = page.offset.max(Page::BASE) - Page::BASE;
     let end = r.archive.num_rows.min(first + page.max as u64);
     for i in first..end {
         page.push(
-            BASE + i,
+            Page::BASE + i,
             ino(Kind::Row, id, i),
             NodeType::File,
             format!("{i}.npy"),

@@ -399,7 +399,7 @@ pub fn concat(parts: &[(&Path, &[ObsmArray])], writer: &ArchiveWriter) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cellmeta::NeighborChoice;
+    use crate::archive::cellmeta::NeighborChoice;
 
     #[test]
     fn choices_parse_and_print_back() {

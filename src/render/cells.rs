@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::{Neighbors, ObsmArray};
+use crate::archive::cellmeta::{Neighbors, ObsmArray};
 use crate::error::{Error, Result};
 use crate::features::FeatureFrame;
 use crate::h5ad::Column;

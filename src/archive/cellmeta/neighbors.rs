@@ -104,7 +104,7 @@ impl NeighborPlan {
             }
             let m = check_graph(s, &key)?;
             let d = m.dtype.unsigned_counterpart();
-            values = Some(values.map_or(d, |v| crate::convert::promote(v, d)));
+            values = Some(values.map_or(d, |v| crate::dtype::promote(v, d)));
             nnz = nnz.saturating_add(m.nnz);
         }
         let rows: u64 = sources.iter().map(|s| s.rows).sum();
@@ -282,7 +282,7 @@ impl GraphConcat {
         let values = graphs
             .iter()
             .map(|g| g.values_dtype)
-            .reduce(crate::convert::promote)
+            .reduce(crate::dtype::promote)
             .unwrap_or(Dtype::F32);
         let rows: u64 = parts.iter().map(|p| p.2).sum();
         let key = graphs

@@ -1,7 +1,10 @@
 //! Synthetic files computed from a memory-mapped archive on demand: a row or a range of rows as
 //! a dense `.npy`, a range as a scipy `.npz` (CSR), a feature block as JSON. Sizes are computed
 //! exactly without rendering (np.load checks them); dense files are rendered piecewise for the
-//! byte range asked, so a read never costs more than the rows it touches.
+//! byte range asked, so a read never costs more than the rows it touches. `cells.rs`: the
+//! per-cell metadata files (obs rows as JSON and parquet, neighbors as `.npz`, obsm rows).
+
+pub mod cells;
 
 use crate::archive::Archive;
 use crate::dtype::Dtype;

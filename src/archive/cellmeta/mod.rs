@@ -9,7 +9,6 @@
 
 pub mod neighbors;
 pub mod obsm;
-pub mod render;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
