@@ -172,32 +172,9 @@ pub fn convert_labelled(
         })
         .collect();
     let meta = CellArrays::plan(&cells, &opts.neighbors, &opts.obsm)?;
-    // None: --data-dtype auto, decided once the values are known to be stored in the file.
-    let target = match opts.data_dtype {
-        DataDtypeChoice::Fixed(d) => Some(d),
-        DataDtypeChoice::Keep => sources
-            .iter()
-            .map(|s| s.dtype.unsigned_counterpart())
-            .reduce(crate::dtype::promote)
-            .or(Some(Dtype::F32)),
-        DataDtypeChoice::Auto => None,
-    };
     let obs_bytes = metadata_bytes(files, &opts.obs, &meta, total_rows);
     let needed_for = |t: Dtype| disk_bytes(&sources, t, widths).saturating_add(obs_bytes);
-    if let Some(t) = target {
-        crate::space::ensure_room(output, needed_for(t))?;
-    }
-    for s in &sources {
-        s.h5.matrix(&s.matrix)?.check_backed_by_storage()?;
-    }
-    let target = match target {
-        Some(t) => t,
-        None => {
-            let t = smallest_exact_dtype(&sources)?;
-            crate::space::ensure_room(output, needed_for(t))?;
-            t
-        }
-    };
+    let target = archive_dtype(&sources, opts.data_dtype, output, &needed_for)?;
     let needed = needed_for(target);
     let frames = sources
         .iter()
@@ -227,6 +204,38 @@ pub fn convert_labelled(
         writer.set_obs(obs);
     }
     writer.finish(&features)
+}
+
+/// The archive's data type, with the room for the output checked for it. A fixed type (or
+/// `keep`) is checked for room before the values are known to be stored in the file (the
+/// cheaper check first); `auto` reads every value, so only after.
+fn archive_dtype(
+    sources: &[Source],
+    choice: DataDtypeChoice,
+    output: &Path,
+    needed_for: &dyn Fn(Dtype) -> u64,
+) -> Result<Dtype> {
+    let fixed = match choice {
+        DataDtypeChoice::Fixed(d) => Some(d),
+        DataDtypeChoice::Keep => sources
+            .iter()
+            .map(|s| s.dtype.unsigned_counterpart())
+            .reduce(crate::dtype::promote)
+            .or(Some(Dtype::F32)),
+        DataDtypeChoice::Auto => None,
+    };
+    if let Some(t) = fixed {
+        crate::space::ensure_room(output, needed_for(t))?;
+    }
+    for s in sources {
+        s.h5.matrix(&s.matrix)?.check_backed_by_storage()?;
+    }
+    let Some(target) = fixed else {
+        let t = smallest_exact_dtype(sources)?;
+        crate::space::ensure_room(output, needed_for(t))?;
+        return Ok(t);
+    };
+    Ok(target)
 }
 
 /// The most disk the per-cell metadata takes: obs_features/ holds what the inputs' obs hold

@@ -15,7 +15,7 @@
 //! `confine` (identity, Landlock, seccomp, namespaces) and writing into a `stage` the parent
 //! publishes;
 //! `render` computes the synthetic files (rows, ranges, npz, feature JSON) from an archive;
-//! `obs` keeps per-cell metadata as bionemo-scdl 0.1.3 does, `cellmeta` the neighbor graphs and obsm arrays; `names` validates every user-given name; `space` decides whether an output fits on its disk; `dtype` (element types and exact conversion), `npy`
+//! `obs` keeps per-cell metadata as bionemo-scdl 0.1.3 does, `archive::cellmeta` the neighbor graphs and obsm arrays; `names` validates every user-given name; `space` decides whether an output fits on its disk; `dtype` (element types and exact conversion), `npy`
 //! (the .npy format) and `error` serve all of them. The binary (`main.rs`) is a thin
 //! command-line edge over this library.
 
