@@ -10,6 +10,7 @@
 pub mod cellmeta;
 pub mod header;
 mod info;
+mod publish;
 pub mod widths;
 mod writer;
 
@@ -19,11 +20,10 @@ use std::path::{Path, PathBuf};
 use std::os::unix::fs::FileExt;
 
 pub use info::{tree_size, ArchiveInfo, BlockInfo, DtypesInfo};
+pub(crate) use publish::{publication_fault, rename_no_replace, sync_dir, write_synced_bytes};
+pub use publish::{SealedArchive, WriterStep, WrittenArchive, WRITER_FAULT_ENV};
 pub use widths::{IndexDtypes, IndexWidths};
-pub(crate) use writer::{publication_fault, rename_no_replace, sync_dir, write_synced_bytes};
-pub use writer::{
-    temp_path_for, ArchiveWriter, SealedArchive, WriterStep, WrittenArchive, WRITER_FAULT_ENV,
-};
+pub use writer::{temp_path_for, ArchiveWriter};
 
 use crate::dtype::Dtype;
 use crate::error::{Error, IoContext, Result};
