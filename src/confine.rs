@@ -183,8 +183,8 @@ pub fn confine(
     keep_root: bool,
     grants: &Grants,
 ) -> Result<Layers, ConfineError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
+    // SAFETY: geteuid and getppid have no preconditions and cannot fail.
+    let (root, parent) = unsafe { (libc::geteuid() == 0, libc::getppid()) };
     let mut layers = Layers::default();
     let (namespaces, full) = enter_namespaces(root);
     layers.namespaces = namespaces;
@@ -192,6 +192,7 @@ pub fn confine(
     layers.identity = match (root, identity) {
         (true, Some(id)) => {
             drop_identity(id)?;
+            rearm_parent_death_signal(parent)?;
             format!("uid {} gid {} (no supplementary groups)", id.uid, id.gid)
         }
         (true, None) if keep_root => {
@@ -218,6 +219,24 @@ pub fn confine(
     install_syscall_filter()?;
     layers.seccomp = true;
     Ok(layers)
+}
+
+/// Changing the user and group ids clears the parent-death signal the daemon set before exec
+/// (prctl(2)), which would let a worker outlive a killed daemon and go on working for nobody:
+/// sets it again, and gives up if the daemon (`parent`) already died in between.
+fn rearm_parent_death_signal(parent: libc::pid_t) -> Result<(), ConfineError> {
+    // SAFETY: prctl with these arguments only changes a flag of the calling process.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(last_os_error("PR_SET_PDEATHSIG"));
+    }
+    // SAFETY: getppid has no preconditions and cannot fail.
+    if unsafe { libc::getppid() } != parent {
+        return Err(failed(
+            "identity",
+            "the daemon that started this worker is gone",
+        ));
+    }
+    Ok(())
 }
 
 /// A fresh network and a private mount namespace; returns what was entered and whether both.

@@ -239,7 +239,25 @@ fn a_dead_daemons_conversion_is_taken_over() {
             .is_some_and(|by| by.contains(&a.pid().to_string())),
         "{st}"
     );
-    signal(a.pid(), "-KILL"); // its conversion worker dies with it (PR_SET_PDEATHSIG)
+    let workers = children(a.pid());
+    assert!(!workers.is_empty(), "a's conversion worker is running");
+    signal(a.pid(), "-KILL");
+    // Its conversion worker dies with it (PR_SET_PDEATHSIG, set again after the worker dropped
+    // root): none works on for a daemon that is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let alive = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    while workers.iter().any(alive) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a's workers {workers:?} outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let st = b.wait_state("big", "ready", 90);
     assert_eq!(st["rows_total"], 40000);
     common::read_check(&b.mnt, "big", &[&big], &["--samples", "60"]);
