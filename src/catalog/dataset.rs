@@ -77,15 +77,7 @@ impl ReadyDataset {
             .map(|d| archive.path.join(d))
             .find(|d| d.is_dir())
             .unwrap_or_else(|| archive.path.join(FileNames::FEATURES));
-        let mut feature_files: Vec<String> = std::fs::read_dir(&feature_dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        feature_files.sort();
+        let feature_files = sorted_file_names(&feature_dir);
         let blocks = archive.features.blocks.len();
         ReadyDataset {
             archive,
@@ -281,4 +273,19 @@ impl Registry {
             self.by_id.remove(&ds.id);
         }
     }
+}
+
+/// The names of the plain files in `dir`, sorted (none when it cannot be read): the files of a
+/// feature or obs feature directory, as the mount lists them.
+pub(crate) fn sorted_file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }

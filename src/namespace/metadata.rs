@@ -109,17 +109,7 @@ fn file_ino(id: u16, what: u64, row: u64) -> u64 {
 
 /// The sorted files of the archive's `obs_features/`.
 fn obs_feature_files(r: &ReadyDataset) -> Vec<String> {
-    let dir = r.archive.path.join(crate::obs::OBS_DIR);
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    crate::catalog::sorted_file_names(&r.archive.path.join(crate::obs::OBS_DIR))
 }
 
 /// `obs`, `neighbors`, `obsm`, `obs_features` of a dataset directory, those it has.
