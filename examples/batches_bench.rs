@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use scdl_fs::archive::Archive;
-use scdl_fs::batches::{BatchFormat, BatchLayout, EpochOrder, Plan, ReadPool};
+use scdl_fs::batches::{BatchFormat, BatchLayout, EpochOrder, Plan, ReadPool, Recycler};
 
 /// CPU time of the whole process (every thread) so far, in seconds, from /proc/self/stat: on a
 /// shared machine it says what a batch costs better than wall time does.
@@ -39,6 +39,7 @@ fn render_rate(
     let mut rows = 0u64;
     let mut batches = 0u64;
     let mut bytes = 0usize;
+    let buffers = Recycler::default();
     let cpu = process_cpu_seconds();
     let start = Instant::now();
     let mut epoch = 0u32;
@@ -48,8 +49,12 @@ fn render_rate(
             let layout = BatchLayout::of_batch(archive, &order, k, pool)
                 .expect("layout")
                 .expect("batch");
-            let out = layout.render(archive, format, pool).expect("render");
+            let out = layout
+                .render(archive, format, pool, &buffers)
+                .expect("render");
             bytes += out.len();
+            // As the daemon's cache does when it evicts a batch.
+            buffers.give(out);
             rows += layout.rows();
             batches += 1;
             if start.elapsed() >= Duration::from_secs_f64(secs) {

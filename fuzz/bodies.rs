@@ -551,7 +551,9 @@ pub fn batches(data: &[u8]) {
                 .expect("batch exists");
             assert_eq!(layout.row_ids, batch);
             let size = layout.file_size(archive, format).expect("size");
-            let bytes = layout.render(archive, format, pool).expect("render");
+            let bytes = layout
+                .render(archive, format, pool, &batch::Recycler::default())
+                .expect("render");
             assert_eq!(bytes.len() as u64, size, "{plan} epoch {epoch} batch {k}");
         }
     }

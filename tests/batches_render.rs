@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use scdl_fs::archive::Archive;
-use scdl_fs::batches::{BatchFormat, BatchLayout, EpochOrder, Plan, ReadPool};
+use scdl_fs::batches::{BatchFormat, BatchLayout, EpochOrder, Plan, ReadPool, Recycler};
 
 fn convert(input: &Path, args: &[&str], out: &Path) {
     let mut all = vec!["convert", input.to_str().unwrap(), out.to_str().unwrap()];
@@ -24,6 +24,7 @@ fn convert(input: &Path, args: &[&str], out: &Path) {
 fn render_all(archive: &Archive, plans: &[&str], dir: &Path) -> Vec<serde_json::Value> {
     let pool = ReadPool::new(8).unwrap();
     let serial = ReadPool::new(1).unwrap();
+    let buffers = Recycler::default();
     let mut entries = Vec::new();
     for (p, plan_text) in plans.iter().enumerate() {
         let plan = Plan::parse(plan_text).unwrap();
@@ -36,14 +37,17 @@ fn render_all(archive: &Archive, plans: &[&str], dir: &Path) -> Vec<serde_json::
                     .unwrap();
                 for format in BatchFormat::ALL {
                     let size = layout.file_size(archive, format).unwrap();
-                    let bytes = layout.render(archive, format, &pool).unwrap();
+                    let bytes = layout.render(archive, format, &pool, &buffers).unwrap();
                     assert_eq!(
                         bytes.len() as u64,
                         size,
                         "{plan_text} {epoch} {k} {format:?}"
                     );
                     // Concurrent reads must not change a byte.
-                    assert_eq!(bytes, layout.render(archive, format, &serial).unwrap());
+                    assert_eq!(
+                        bytes,
+                        layout.render(archive, format, &serial, &buffers).unwrap()
+                    );
                     let path = dir.join(format!("{p}-{epoch}-{}", format.file_name(k)));
                     std::fs::write(&path, &bytes).unwrap();
                     entries.push(serde_json::json!({

@@ -71,7 +71,18 @@ pub struct Archive {
 
 /// Opens an array file and returns it with its length in bytes.
 fn open_array(path: &Path) -> Result<(File, u64)> {
-    let f = File::open(path).at(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Shuffled reads make hundreds of small reads per batch; without O_NOATIME each one checks
+    // and may update the file's access time. Only the owner (or root) may ask for it.
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
+    }
+    .at(path)?;
     let len = f.metadata().at(path)?.len();
     Ok((f, len))
 }
@@ -399,4 +410,25 @@ impl Archive {
     pub(crate) fn element_files(&self) -> (&File, &File) {
         (&self.data, &self.cols)
     }
+
+    /// One of the three CSR arrays, its open file and its name, for readers that issue their
+    /// own reads (the shuffled batches' gather).
+    pub(crate) fn array_file(&self, array: CsrArray) -> (&File, &'static str) {
+        match array {
+            CsrArray::Data => (&self.data, FileNames::DATA),
+            CsrArray::Cols => (&self.cols, FileNames::COL_PTR),
+            CsrArray::RowPtr => (&self.row_ptr, FileNames::ROW_PTR),
+        }
+    }
+}
+
+/// The three arrays of an archive's CSR matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CsrArray {
+    /// `data.npy`: the values.
+    Data,
+    /// `col_ptr.npy`: each value's column.
+    Cols,
+    /// `row_ptr.npy`: where each row's values start.
+    RowPtr,
 }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::buffers::Recycler;
+
 /// Bytes of rendered batches kept by default (`--batch-memory`).
 pub const DEFAULT_BATCH_MEMORY: usize = 512 << 20;
 
@@ -113,6 +115,8 @@ struct Inner<K> {
 /// A byte-budgeted cache of rendered files keyed by `K` (dataset, plan, epoch, batch, format).
 pub struct BatchCache<K> {
     budget: usize,
+    /// The buffers of evicted batches, for the next renders.
+    recycler: Recycler,
     abandoned_after: Duration,
     inner: Mutex<Inner<K>>,
     rendered: Condvar,
@@ -136,6 +140,7 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
     pub fn with_abandoned_after(budget: usize, after: Duration) -> BatchCache<K> {
         BatchCache {
             budget,
+            recycler: Recycler::default(),
             abandoned_after: after,
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
@@ -145,6 +150,11 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
             }),
             rendered: Condvar::new(),
         }
+    }
+
+    /// Where renders take their buffers: those of evicted batches when there are some.
+    pub fn recycler(&self) -> &Recycler {
+        &self.recycler
     }
 
     pub fn budget(&self) -> usize {
@@ -336,6 +346,12 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
             let e = inner.entries.remove(&victim).expect("victim present");
             inner.bytes -= e.bytes;
             inner.stats.evictions += 1;
+            if let Slot::Ready(bytes) = e.slot {
+                // A reply still sending it keeps it; otherwise its memory serves the next render.
+                if let Ok(buf) = Arc::try_unwrap(bytes) {
+                    self.recycler.give(buf);
+                }
+            }
         }
         true
     }

@@ -10,13 +10,14 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use rayon::prelude::*;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::View;
 
+use super::buffers::Recycler;
+use super::gather::{read_slices, ReadPool, Slice};
 use super::order::{EpochOrder, Run};
 use super::plan::BatchFormat;
-use crate::archive::Archive;
+use crate::archive::{decode_uints, Archive, CsrArray};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::npy;
@@ -26,34 +27,6 @@ use crate::render::{
 
 /// Largest batch file served: beyond it the batch does not exist (ask for a smaller size).
 pub const MAX_BATCH_BYTES: u64 = 1 << 30;
-
-/// Threads that read the slices of batches; blocking preads, so more than the CPUs: they wait
-/// on storage, not compute.
-pub const DEFAULT_READ_THREADS: usize = 16;
-
-/// The threads that read batch slices concurrently.
-pub struct ReadPool {
-    pool: rayon::ThreadPool,
-}
-
-impl ReadPool {
-    pub fn new(threads: usize) -> Result<ReadPool> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("batch-read-{i}"))
-            .build()
-            .map_err(|e| Error::Usage(format!("cannot start the batch read threads: {e}")))?;
-        Ok(ReadPool { pool })
-    }
-
-    /// Runs `f` on every piece of work, concurrently; the first error wins.
-    fn each<W: Send>(&self, work: Vec<W>, f: impl Fn(W) -> Result<()> + Sync + Send) -> Result<()> {
-        if work.is_empty() {
-            return Ok(());
-        }
-        self.pool.install(|| work.into_par_iter().try_for_each(f))
-    }
-}
 
 /// A run of consecutive rows with their row pointers (len + 1 entries, absolute).
 struct RunPtrs {
@@ -118,18 +91,30 @@ impl BatchLayout {
                 ),
             ));
         }
-        let mut ptrs: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
-        pool.each(
-            runs.iter().zip(ptrs.iter_mut()).collect(),
-            |(run, out): (&Run, &mut Vec<u64>)| {
-                *out = archive.row_ptrs(run.first, run.first + run.len + 1)?;
-                Ok(())
-            },
-        )?;
+        let item = archive.row_ptr_dtype.size();
+        let mut raw = vec![0u8; runs.iter().map(|r| (r.len as usize + 1) * item).sum()];
+        let mut rest = &mut raw[..];
+        let mut slices = Vec::with_capacity(runs.len());
+        for r in runs {
+            let (head, tail) = rest.split_at_mut((r.len as usize + 1) * item);
+            slices.push(Slice {
+                array: CsrArray::RowPtr,
+                offset: r.first * item as u64,
+                buf: head,
+            });
+            rest = tail;
+        }
+        read_slices(archive, pool, slices)?;
+        let mut at = 0;
         let runs: Vec<RunPtrs> = runs
             .iter()
-            .zip(ptrs)
-            .map(|(&run, ptrs)| RunPtrs { run, ptrs })
+            .map(|&run| {
+                let len = (run.len as usize + 1) * item;
+                let mut ptrs = Vec::with_capacity(run.len as usize + 1);
+                decode_uints(&raw[at..at + len], archive.row_ptr_dtype, &mut ptrs);
+                at += len;
+                RunPtrs { run, ptrs }
+            })
             .collect();
         let row_ids: Vec<u64> = runs
             .iter()
@@ -209,17 +194,18 @@ impl BatchLayout {
         members
     }
 
-    /// Renders the batch file in `format`.
+    /// Renders the batch file in `format`, in buffers from `buffers`.
     pub fn render(
         &self,
         archive: &Archive,
         format: BatchFormat,
         pool: &ReadPool,
+        buffers: &Recycler,
     ) -> Result<Vec<u8>> {
         let size = self.file_size(archive, format)?;
         let out = match format {
-            BatchFormat::Npz => self.render_npz(archive, size, pool)?,
-            BatchFormat::Safetensors => self.render_safetensors(archive, pool)?,
+            BatchFormat::Npz => self.render_npz(archive, size, pool, buffers)?,
+            BatchFormat::Safetensors => self.render_safetensors(archive, pool, buffers)?,
         };
         debug_assert_eq!(out.len() as u64, size);
         Ok(out)
@@ -238,34 +224,49 @@ impl BatchLayout {
 
     /// The values of every run, in batch order, into `buf` (nnz × item size bytes).
     fn read_values(&self, archive: &Archive, buf: &mut [u8], pool: &ReadPool) -> Result<()> {
-        let parts = self.per_run(buf, archive.data_dtype.size() as u64);
-        pool.each(self.runs.iter().zip(parts).collect(), |(r, part)| {
-            archive.read_data_into(r.elements().0, part)
-        })
+        let item = archive.data_dtype.size() as u64;
+        let slices = self.slices(CsrArray::Data, item, buf);
+        read_slices(archive, pool, slices)
+    }
+
+    /// One slice of `array` per run, `item` bytes per element, into consecutive parts of `buf`.
+    fn slices<'a>(&self, array: CsrArray, item: u64, buf: &'a mut [u8]) -> Vec<Slice<'a>> {
+        self.runs
+            .iter()
+            .zip(self.per_run(buf, item))
+            .map(|(r, part)| Slice {
+                array,
+                offset: r.elements().0 * item,
+                buf: part,
+            })
+            .collect()
     }
 
     /// The column indices of every run as int32 (int64 when wide) little-endian, into `buf`.
-    fn read_indices(&self, archive: &Archive, buf: &mut [u8], pool: &ReadPool) -> Result<()> {
+    fn read_indices(
+        &self,
+        archive: &Archive,
+        buf: &mut [u8],
+        pool: &ReadPool,
+        buffers: &Recycler,
+    ) -> Result<()> {
         let wide = wide_indices(self.width);
-        let parts = self.per_run(buf, self.index_size());
-        pool.each(self.runs.iter().zip(parts).collect(), |(r, part)| {
-            let (a, b) = r.elements();
-            if !wide && archive.col_dtype == Dtype::U32 {
-                // Columns below 2^31 stored as little-endian u32 are already the int32 bytes.
-                return archive.read_cols_into(a, part);
-            }
-            let cols = archive.cols(a, b)?;
-            if wide {
-                for (c, out) in cols.iter().zip(part.chunks_exact_mut(8)) {
-                    out.copy_from_slice(&(*c as i64).to_le_bytes());
-                }
-            } else {
-                for (c, out) in cols.iter().zip(part.chunks_exact_mut(4)) {
-                    out.copy_from_slice(&(*c as i32).to_le_bytes());
-                }
-            }
-            Ok(())
-        })
+        let stored = archive.col_dtype;
+        let item = stored.size() as u64;
+        if !wide && stored == Dtype::U32 {
+            // Columns below 2^31 stored as little-endian u32 are already the int32 bytes.
+            let slices = self.slices(CsrArray::Cols, item, buf);
+            return read_slices(archive, pool, slices);
+        }
+        let mut raw = buffers.take((self.nnz * item) as usize);
+        raw.resize((self.nnz * item) as usize, 0);
+        let slices = self.slices(CsrArray::Cols, item, &mut raw);
+        let read = read_slices(archive, pool, slices);
+        if read.is_ok() {
+            widen_columns(&raw, stored, wide, buf);
+        }
+        buffers.give(raw);
+        read
     }
 
     /// indptr: each row's end, relative to the batch, from the runs' row pointers.
@@ -283,7 +284,13 @@ impl BatchLayout {
         out
     }
 
-    fn render_npz(&self, archive: &Archive, size: u64, pool: &ReadPool) -> Result<Vec<u8>> {
+    fn render_npz(
+        &self,
+        archive: &Archive,
+        size: u64,
+        pool: &ReadPool,
+        buffers: &Recycler,
+    ) -> Result<Vec<u8>> {
         let (nnz, rows) = (self.nnz, self.rows());
         let index_descr = if wide_indices(self.width) {
             "<i8"
@@ -291,11 +298,11 @@ impl BatchLayout {
             "<i4"
         };
         let dtype = archive.data_dtype;
-        let mut zip = ZipBuilder::with_capacity(size as usize);
+        let mut zip = ZipBuilder::in_buffer(buffers.take(size as usize));
         zip.member("indices.npy", |out| {
             out.extend_from_slice(&npy::header(index_descr, &[nnz]));
             append_read(out, nnz * self.index_size(), |buf| {
-                self.read_indices(archive, buf, pool)
+                self.read_indices(archive, buf, pool, buffers)
             })
         })?;
         csr_shape_members(&mut zip, rows, self.width, self.indptr().into_iter())?;
@@ -390,11 +397,35 @@ impl BatchLayout {
         Ok(8 + header.len().next_multiple_of(8) as u64 + offset as u64)
     }
 
-    fn render_safetensors(&self, archive: &Archive, pool: &ReadPool) -> Result<Vec<u8>> {
-        let mut values = vec![0u8; (self.nnz * archive.data_dtype.size() as u64) as usize];
-        self.read_values(archive, &mut values, pool)?;
-        let mut indices = vec![0u8; (self.nnz * self.index_size()) as usize];
-        self.read_indices(archive, &mut indices, pool)?;
+    fn render_safetensors(
+        &self,
+        archive: &Archive,
+        pool: &ReadPool,
+        buffers: &Recycler,
+    ) -> Result<Vec<u8>> {
+        let filled = |len: u64| {
+            let mut b = buffers.take(len as usize);
+            b.resize(len as usize, 0);
+            b
+        };
+        let mut values = filled(self.nnz * archive.data_dtype.size() as u64);
+        let mut indices = filled(self.nnz * self.index_size());
+        let read = self
+            .read_values(archive, &mut values, pool)
+            .and_then(|()| self.read_indices(archive, &mut indices, pool, buffers));
+        let out = read.and_then(|()| self.serialize_safetensors(archive, &values, &indices));
+        buffers.give(values);
+        buffers.give(indices);
+        out
+    }
+
+    /// The safetensors file of the batch whose values and indices bytes are given.
+    fn serialize_safetensors(
+        &self,
+        archive: &Archive,
+        values: &[u8],
+        indices: &[u8],
+    ) -> Result<Vec<u8>> {
         let indptr: Vec<u8> = self.indptr().iter().flat_map(|p| p.to_le_bytes()).collect();
         let row_ids: Vec<u8> = self
             .row_ids
@@ -406,7 +437,7 @@ impl BatchLayout {
             .iter()
             .flat_map(|b| b.to_le_bytes())
             .collect();
-        let bytes: [&[u8]; 5] = [&values, &indices, &indptr, &row_ids, &blocks];
+        let bytes: [&[u8]; 5] = [values, indices, &indptr, &row_ids, &blocks];
         let tensors = self
             .safetensors_tensors(archive)
             .into_iter()
@@ -424,6 +455,47 @@ impl BatchLayout {
         safetensors::serialize(tensors, Some(self.safetensors_metadata()))
             .map_err(|e| Error::Usage(format!("safetensors: {e}")))
     }
+}
+
+/// Column indices stored as `stored` (unsigned, little-endian) written as little-endian int32,
+/// or int64 when `wide`, into `out` (4 or 8 bytes per index).
+fn widen_columns(raw: &[u8], stored: Dtype, wide: bool, out: &mut [u8]) {
+    fn write<const N: usize>(cols: impl Iterator<Item = u64>, out: &mut [u8]) {
+        for (c, o) in cols.zip(out.chunks_exact_mut(N)) {
+            o.copy_from_slice(&c.to_le_bytes()[..N]);
+        }
+    }
+    fn each(raw: &[u8], stored: Dtype, wide: bool, out: &mut [u8]) {
+        match stored.size() {
+            1 => pick(raw.iter().map(|&b| b as u64), wide, out),
+            2 => pick(
+                raw.chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u64),
+                wide,
+                out,
+            ),
+            4 => pick(
+                raw.chunks_exact(4)
+                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64),
+                wide,
+                out,
+            ),
+            _ => pick(
+                raw.chunks_exact(8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+                wide,
+                out,
+            ),
+        }
+    }
+    fn pick(cols: impl Iterator<Item = u64>, wide: bool, out: &mut [u8]) {
+        if wide {
+            write::<8>(cols, out)
+        } else {
+            write::<4>(cols, out)
+        }
+    }
+    each(raw, stored, wide, out)
 }
 
 /// A 1-D tensor over bytes already laid out, for `safetensors::serialize`.

@@ -212,7 +212,12 @@ impl Batches {
     fn render(&self, r: &ReadyDataset, key: &BatchKey) -> FsResult<Vec<u8>> {
         let layout = self.layout(r, key)?;
         layout
-            .render(&r.archive, key.format, &*self.pool()?)
+            .render(
+                &r.archive,
+                key.format,
+                &*self.pool()?,
+                self.cache.recycler(),
+            )
             .map_err(fs_error)
     }
 
@@ -266,7 +271,7 @@ impl Batches {
             return;
         };
         self.cache.prefetch(key, size as usize, || {
-            layout.render(&r.archive, key.format, &pool)
+            layout.render(&r.archive, key.format, &pool, self.cache.recycler())
         });
     }
 }

@@ -139,8 +139,14 @@ pub(crate) struct ZipBuilder {
 
 impl ZipBuilder {
     pub(crate) fn with_capacity(size: usize) -> ZipBuilder {
+        ZipBuilder::in_buffer(Vec::with_capacity(size))
+    }
+
+    /// A builder writing into `out` (emptied first), for callers that reuse buffers.
+    pub(crate) fn in_buffer(mut out: Vec<u8>) -> ZipBuilder {
+        out.clear();
         ZipBuilder {
-            out: Vec::with_capacity(size),
+            out,
             central: Vec::new(),
             members: 0,
         }
