@@ -9,6 +9,7 @@
 
 pub mod cellmeta;
 pub mod header;
+mod held;
 mod info;
 mod publish;
 pub mod widths;
@@ -67,6 +68,8 @@ pub struct Archive {
     data: File,
     cols: File,
     row_ptr: File,
+    /// `row_ptr` in memory once a shuffled reader asked for it, when small enough (`held`).
+    held_row_ptr: std::sync::OnceLock<Option<held::HeldFile>>,
 }
 
 /// Opens an array file and returns it with its length in bytes.
@@ -275,6 +278,7 @@ impl Archive {
             data: arrays.data,
             cols: arrays.cols,
             row_ptr: arrays.row_ptr,
+            held_row_ptr: std::sync::OnceLock::new(),
         };
         archive.check_row_ptr()?;
         Ok(archive)
@@ -409,6 +413,18 @@ impl Archive {
     /// The value and column files, for bulk copies (concat).
     pub(crate) fn element_files(&self) -> (&File, &File) {
         (&self.data, &self.cols)
+    }
+
+    /// The bytes of `row_ptr.npy`, read once at the first call, when the file is small enough
+    /// to hold and the process's budget for held files allows (`held`); `None` otherwise.
+    pub(crate) fn held_row_ptr(&self) -> Option<&[u8]> {
+        self.held_row_ptr
+            .get_or_init(|| {
+                let len = self.row_ptr.metadata().ok()?.len();
+                held::HeldFile::load(&self.row_ptr, len)
+            })
+            .as_ref()
+            .map(held::HeldFile::bytes)
     }
 
     /// One of the three CSR arrays, its open file and its name, for readers that issue their

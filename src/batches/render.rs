@@ -91,31 +91,7 @@ impl BatchLayout {
                 ),
             ));
         }
-        let item = archive.row_ptr_dtype.size();
-        let mut raw = vec![0u8; runs.iter().map(|r| (r.len as usize + 1) * item).sum()];
-        let mut rest = &mut raw[..];
-        let mut slices = Vec::with_capacity(runs.len());
-        for r in runs {
-            let (head, tail) = rest.split_at_mut((r.len as usize + 1) * item);
-            slices.push(Slice {
-                array: CsrArray::RowPtr,
-                offset: r.first * item as u64,
-                buf: head,
-            });
-            rest = tail;
-        }
-        read_slices(archive, pool, slices)?;
-        let mut at = 0;
-        let runs: Vec<RunPtrs> = runs
-            .iter()
-            .map(|&run| {
-                let len = (run.len as usize + 1) * item;
-                let mut ptrs = Vec::with_capacity(run.len as usize + 1);
-                decode_uints(&raw[at..at + len], archive.row_ptr_dtype, &mut ptrs);
-                at += len;
-                RunPtrs { run, ptrs }
-            })
-            .collect();
+        let runs = run_pointers(archive, runs, pool)?;
         let row_ids: Vec<u64> = runs
             .iter()
             .flat_map(|r| r.run.first..r.run.first + r.run.len)
@@ -455,6 +431,50 @@ impl BatchLayout {
         safetensors::serialize(tensors, Some(self.safetensors_metadata()))
             .map_err(|e| Error::Usage(format!("safetensors: {e}")))
     }
+}
+
+/// The row pointers of every run: sliced from `row_ptr` when the archive holds it in memory,
+/// else read (concurrently where uncached).
+fn run_pointers(archive: &Archive, runs: &[Run], pool: &ReadPool) -> Result<Vec<RunPtrs>> {
+    let item = archive.row_ptr_dtype.size();
+    if let Some(held) = archive.held_row_ptr() {
+        return Ok(runs
+            .iter()
+            .map(|&run| {
+                let (a, b) = (
+                    run.first as usize * item,
+                    (run.first + run.len + 1) as usize * item,
+                );
+                let mut ptrs = Vec::with_capacity(run.len as usize + 1);
+                decode_uints(&held[a..b], archive.row_ptr_dtype, &mut ptrs);
+                RunPtrs { run, ptrs }
+            })
+            .collect());
+    }
+    let mut raw = vec![0u8; runs.iter().map(|r| (r.len as usize + 1) * item).sum()];
+    let mut rest = &mut raw[..];
+    let mut slices = Vec::with_capacity(runs.len());
+    for r in runs {
+        let (head, tail) = rest.split_at_mut((r.len as usize + 1) * item);
+        slices.push(Slice {
+            array: CsrArray::RowPtr,
+            offset: r.first * item as u64,
+            buf: head,
+        });
+        rest = tail;
+    }
+    read_slices(archive, pool, slices)?;
+    let mut at = 0;
+    Ok(runs
+        .iter()
+        .map(|&run| {
+            let len = (run.len as usize + 1) * item;
+            let mut ptrs = Vec::with_capacity(run.len as usize + 1);
+            decode_uints(&raw[at..at + len], archive.row_ptr_dtype, &mut ptrs);
+            at += len;
+            RunPtrs { run, ptrs }
+        })
+        .collect())
 }
 
 /// Column indices stored as `stored` (unsigned, little-endian) written as little-endian int32,
