@@ -19,9 +19,27 @@ fn convert(input: &Path, args: &[&str], out: &Path) {
     assert!(o.status.success(), "convert failed: {}", common::stderr(&o));
 }
 
+/// Drops the archive's array files from the page cache (they are synced: their pages are
+/// clean), so that the next reads go to storage through the read pool.
+fn evict(archive: &Archive) {
+    use std::os::fd::AsRawFd;
+    for name in ["data.npy", "col_ptr.npy", "row_ptr.npy"] {
+        let f = std::fs::File::open(archive.path.join(name)).unwrap();
+        // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0, "posix_fadvise {name}");
+    }
+}
+
 /// Renders every batch of `plans` × epochs 0 and 1 into `dir`, checking each size, and
-/// returns the manifest entries.
-fn render_all(archive: &Archive, plans: &[&str], dir: &Path) -> Vec<serde_json::Value> {
+/// returns the manifest entries. `uncached` (the same archive, reading row_ptr instead of
+/// holding it) renders every batch again from an evicted page cache: the same bytes.
+fn render_all(
+    archive: &Archive,
+    uncached: &Archive,
+    plans: &[&str],
+    dir: &Path,
+) -> Vec<serde_json::Value> {
     let pool = ReadPool::new(8).unwrap();
     let serial = ReadPool::new(1).unwrap();
     let buffers = Recycler::default();
@@ -47,6 +65,17 @@ fn render_all(archive: &Archive, plans: &[&str], dir: &Path) -> Vec<serde_json::
                     assert_eq!(
                         bytes,
                         layout.render(archive, format, &serial, &buffers).unwrap()
+                    );
+                    // Nor reads from storage (the read pool's path), row_ptr read too.
+                    evict(uncached);
+                    let cold = BatchLayout::of_batch(uncached, &order, k, &pool)
+                        .unwrap()
+                        .unwrap();
+                    evict(uncached);
+                    assert_eq!(
+                        bytes,
+                        cold.render(uncached, format, &pool, &buffers).unwrap(),
+                        "{plan_text} {epoch} {k} {format:?} from storage"
                     );
                     let path = dir.join(format!("{p}-{epoch}-{}", format.file_name(k)));
                     std::fs::write(&path, &bytes).unwrap();
@@ -77,7 +106,8 @@ fn check(sources: &[PathBuf], convert_args: &[&str], data_dtype: &str, plans: &[
     convert(&input, convert_args, &archive_path);
     let archive = Archive::open(&archive_path).unwrap();
     assert_eq!(archive.data_dtype.name(), data_dtype);
-    let entries = render_all(&archive, plans, tmp.path());
+    let uncached = Archive::open(&archive_path).unwrap().with_row_ptr_reads();
+    let entries = render_all(&archive, &uncached, plans, tmp.path());
     let files = entries.len();
     let manifest = serde_json::json!({
         "sources": sources, "data_dtype": data_dtype, "batches": entries,

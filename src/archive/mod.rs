@@ -427,6 +427,15 @@ impl Archive {
             .map(held::HeldFile::bytes)
     }
 
+    /// This archive, never holding `row_ptr` in memory: every row lookup reads it (what very
+    /// large archives do; tests compare both ways).
+    pub fn with_row_ptr_reads(self) -> Archive {
+        Archive {
+            held_row_ptr: std::sync::OnceLock::from(None),
+            ..self
+        }
+    }
+
     /// One of the three CSR arrays, its open file and its name, for readers that issue their
     /// own reads (the shuffled batches' gather).
     pub(crate) fn array_file(&self, array: CsrArray) -> (&File, &'static str) {

@@ -163,4 +163,20 @@ mod tests {
         assert_eq!(read_cached(&f, &mut buf, 99_995).unwrap(), Some(5));
         assert_eq!(buf[..5], bytes[99_995..]);
     }
+
+    #[test]
+    fn an_evicted_file_is_left_to_the_blocking_reads() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![3u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(
+            read_cached(&f, &mut buf, 512 << 10).unwrap(),
+            Some(0),
+            "evicted pages are not copied without waiting"
+        );
+    }
 }
