@@ -66,6 +66,16 @@ fn render_all(
                         bytes,
                         layout.render(archive, format, &serial, &buffers).unwrap()
                     );
+                    if format == BatchFormat::Safetensors {
+                        // Laid out in place, byte for byte what the crate's serialize writes.
+                        assert_eq!(
+                            bytes,
+                            layout
+                                .render_safetensors_with_crate(archive, &pool)
+                                .unwrap(),
+                            "{plan_text} {epoch} {k}"
+                        );
+                    }
                     // Nor reads from storage (the read pool's path), row_ptr read too.
                     evict(uncached);
                     let cold = BatchLayout::of_batch(uncached, &order, k, &pool)

@@ -6,10 +6,10 @@
 
 use std::sync::Mutex;
 
-/// Buffers kept at most.
-const KEPT_BUFFERS: usize = 16;
+/// Buffers kept at most: a render takes one and an eviction gives one back, so a few suffice.
+const KEPT_BUFFERS: usize = 8;
 /// Bytes kept at most, over all buffers.
-const KEPT_BYTES: usize = 32 << 20;
+const KEPT_BYTES: usize = 8 << 20;
 
 /// A small store of empty buffers for reuse.
 #[derive(Default)]
@@ -19,13 +19,18 @@ pub struct Recycler {
 
 impl Recycler {
     /// An empty buffer with room for at least `capacity` bytes: a kept one when one is large
-    /// enough (the smallest such), else a new one.
+    /// enough but not much larger (the smallest such), else a new one. Not much larger, since
+    /// its pages were all touched: the cache counts a buffer's capacity against its budget, and
+    /// a batch in a buffer far larger than itself would waste that room.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
+        let fits = |b: &Vec<u8>| {
+            b.capacity() >= capacity && b.capacity() <= capacity + capacity / 8 + 4096
+        };
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let best = free
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.capacity() >= capacity)
+            .filter(|(_, b)| fits(b))
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         match best {
@@ -44,18 +49,6 @@ impl Recycler {
         let kept: usize = free.iter().map(Vec::capacity).sum();
         if free.len() < KEPT_BUFFERS && kept + buf.capacity() <= KEPT_BYTES {
             free.push(buf);
-        } else if let Some(smallest) = free
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() < buf.capacity())
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i)
-        {
-            // Larger buffers serve more renders: keep this one instead of a smaller one, if it
-            // fits in the byte limit then.
-            if kept - free[smallest].capacity() + buf.capacity() <= KEPT_BYTES {
-                free[smallest] = buf;
-            }
         }
     }
 

@@ -307,8 +307,9 @@ impl<K: Hash + Eq + Clone> BatchCache<K> {
         match bytes {
             Some(bytes) => {
                 if let Some(e) = inner.entries.get_mut(key) {
-                    // The reservation was the exact size; keep the count honest if not.
-                    let (reserved, actual) = (e.bytes, bytes.len());
+                    // The reservation was the exact size; the memory held is the buffer's
+                    // capacity (a reused buffer may be a little larger): count that.
+                    let (reserved, actual) = (e.bytes, bytes.capacity().max(bytes.len()));
                     e.bytes = actual;
                     e.slot = Slot::Ready(bytes);
                     e.read |= read;

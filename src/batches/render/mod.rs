@@ -1,17 +1,14 @@
 //! A shuffled batch as a file: its exact size from `row_ptr` alone, and its bytes as a scipy
-//! CSR `.npz` (the zip writer and member sizes of `crate::render`, plus `row_ids` and
-//! `feature_block`) or as `.safetensors` (written by the safetensors crate).
+//! CSR `.npz` (here: the zip writer and member sizes of `crate::render`, plus `row_ids` and
+//! `feature_block`) or as `.safetensors` (`safetensors.rs`: the crate's header, the tensors
+//! laid out in place).
 //!
-//! A batch's rows are known before it is read, so their slices are read concurrently on a
-//! `ReadPool` (a cold cache then sees many reads in flight, not one at a time), and each run of
-//! consecutive rows (a block, with `block=R`) is read with one pread of its row pointers, one of
-//! its columns and one of its values.
+//! A batch's rows are known before it is read, so their slices go to `gather::read_slices`
+//! all at once (those not cached are read concurrently), and each run of consecutive rows (a
+//! block, with `block=R`) is read with one read of its row pointers (none when the archive
+//! holds `row_ptr`), one of its columns and one of its values, straight into the file's buffer.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-
-use safetensors::tensor::{Metadata, TensorInfo};
-use safetensors::View;
+mod safetensors;
 
 use super::buffers::Recycler;
 use super::gather::{read_slices, ReadPool, Slice};
@@ -300,137 +297,6 @@ impl BatchLayout {
         })?;
         Ok(zip.finish())
     }
-
-    /// The `__metadata__` of the safetensors file, `format` before `shape`. The crate takes a
-    /// std `HashMap`, which iterates (and so serialises) in an order its random hash keys
-    /// decide; two keys land in the canonical order for about half of all maps, so maps are
-    /// made until one does: every daemon writes the same bytes for a batch.
-    fn safetensors_metadata(&self) -> HashMap<String, String> {
-        let make = || {
-            HashMap::from([
-                ("format".to_string(), "csr".to_string()),
-                (
-                    "shape".to_string(),
-                    format!("[{}, {}]", self.rows(), self.width),
-                ),
-            ])
-        };
-        let mut map = make();
-        // Each try fails with probability 1/2: 200 tries all failing does not happen.
-        for _ in 0..200 {
-            if map.keys().next().map(String::as_str) == Some("format") {
-                break;
-            }
-            map = make();
-        }
-        map
-    }
-
-    /// (name, dtype, element count) of each tensor.
-    fn safetensors_tensors(
-        &self,
-        archive: &Archive,
-    ) -> [(&'static str, safetensors::Dtype, u64); 5] {
-        let index = if wide_indices(self.width) {
-            safetensors::Dtype::I64
-        } else {
-            safetensors::Dtype::I32
-        };
-        let rows = self.rows();
-        [
-            ("data", safetensors_dtype(archive.data_dtype), self.nnz),
-            ("indices", index, self.nnz),
-            ("indptr", safetensors::Dtype::I64, rows + 1),
-            ("row_ids", safetensors::Dtype::I64, rows),
-            ("feature_block", safetensors::Dtype::I32, rows),
-        ]
-    }
-
-    /// The exact size `safetensors::serialize` will produce: its header is the crate's own
-    /// `Metadata` serialised, the tensors laid out in the crate's order (dtype alignment
-    /// descending, then name), padded to 8 bytes, after an 8-byte length.
-    fn safetensors_size(&self, archive: &Archive) -> Result<u64> {
-        let mut tensors = self.safetensors_tensors(archive).to_vec();
-        tensors.sort_by(|(ln, ld, _), (rn, rd, _)| rd.cmp(ld).then(ln.cmp(rn)));
-        let mut offset = 0usize;
-        let infos = tensors
-            .iter()
-            .map(|(name, dtype, n)| {
-                let len = *n as usize * dtype.bitsize() / 8;
-                let info = TensorInfo {
-                    dtype: *dtype,
-                    shape: vec![*n as usize],
-                    data_offsets: (offset, offset + len),
-                };
-                offset += len;
-                (name.to_string(), info)
-            })
-            .collect();
-        let bad = |e: String| Error::Usage(format!("safetensors header: {e}"));
-        let metadata = Metadata::new(Some(self.safetensors_metadata()), infos)
-            .map_err(|e| bad(e.to_string()))?;
-        let header = serde_json::to_string(&metadata).map_err(|e| bad(e.to_string()))?;
-        Ok(8 + header.len().next_multiple_of(8) as u64 + offset as u64)
-    }
-
-    fn render_safetensors(
-        &self,
-        archive: &Archive,
-        pool: &ReadPool,
-        buffers: &Recycler,
-    ) -> Result<Vec<u8>> {
-        let filled = |len: u64| {
-            let mut b = buffers.take(len as usize);
-            b.resize(len as usize, 0);
-            b
-        };
-        let mut values = filled(self.nnz * archive.data_dtype.size() as u64);
-        let mut indices = filled(self.nnz * self.index_size());
-        let read = self
-            .read_values(archive, &mut values, pool)
-            .and_then(|()| self.read_indices(archive, &mut indices, pool, buffers));
-        let out = read.and_then(|()| self.serialize_safetensors(archive, &values, &indices));
-        buffers.give(values);
-        buffers.give(indices);
-        out
-    }
-
-    /// The safetensors file of the batch whose values and indices bytes are given.
-    fn serialize_safetensors(
-        &self,
-        archive: &Archive,
-        values: &[u8],
-        indices: &[u8],
-    ) -> Result<Vec<u8>> {
-        let indptr: Vec<u8> = self.indptr().iter().flat_map(|p| p.to_le_bytes()).collect();
-        let row_ids: Vec<u8> = self
-            .row_ids
-            .iter()
-            .flat_map(|r| (*r as i64).to_le_bytes())
-            .collect();
-        let blocks: Vec<u8> = self
-            .feature_blocks
-            .iter()
-            .flat_map(|b| b.to_le_bytes())
-            .collect();
-        let bytes: [&[u8]; 5] = [values, indices, &indptr, &row_ids, &blocks];
-        let tensors = self
-            .safetensors_tensors(archive)
-            .into_iter()
-            .zip(bytes)
-            .map(|((name, dtype, n), bytes)| {
-                (
-                    name,
-                    Tensor {
-                        dtype,
-                        shape: [n as usize],
-                        bytes,
-                    },
-                )
-            });
-        safetensors::serialize(tensors, Some(self.safetensors_metadata()))
-            .map_err(|e| Error::Usage(format!("safetensors: {e}")))
-    }
 }
 
 /// The row pointers of every run: sliced from `row_ptr` when the archive holds it in memory,
@@ -516,43 +382,4 @@ fn widen_columns(raw: &[u8], stored: Dtype, wide: bool, out: &mut [u8]) {
         }
     }
     each(raw, stored, wide, out)
-}
-
-/// A 1-D tensor over bytes already laid out, for `safetensors::serialize`.
-struct Tensor<'a> {
-    dtype: safetensors::Dtype,
-    shape: [usize; 1],
-    bytes: &'a [u8],
-}
-
-impl View for Tensor<'_> {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-fn safetensors_dtype(d: Dtype) -> safetensors::Dtype {
-    use safetensors::Dtype as S;
-    match d {
-        Dtype::F16 => S::F16,
-        Dtype::F32 => S::F32,
-        Dtype::F64 => S::F64,
-        Dtype::I8 => S::I8,
-        Dtype::I16 => S::I16,
-        Dtype::I32 => S::I32,
-        Dtype::I64 => S::I64,
-        Dtype::U8 => S::U8,
-        Dtype::U16 => S::U16,
-        Dtype::U32 => S::U32,
-        Dtype::U64 => S::U64,
-    }
 }
