@@ -176,3 +176,43 @@ fn bad_names_are_enoent_and_many_plans_stay_within_the_budget() {
     drop(open);
     common::unmount_and_kill(&mnt);
 }
+
+/// Reads the daemon's `.stats` document.
+fn stats(mnt: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(mnt.join(".stats")).unwrap()).unwrap()
+}
+
+#[test]
+fn batch_files_read_are_forgotten() {
+    let m = common::TestMount::start();
+    drop_into(&m.mnt, "big", &fixture("large_csr_f32.h5ad"));
+    let plan = m.mnt.join("big/batches/size=8,seed=4");
+    // 1,400 rows in batches of 8: 175 per epoch; three epochs, both formats, each read whole.
+    let mut read = 0;
+    for epoch in 0..3 {
+        for k in 0..175 {
+            for ext in ["npz", "safetensors"] {
+                let p = plan.join(format!("{epoch}/{k}.{ext}"));
+                let len = std::fs::metadata(&p).unwrap().len();
+                assert_eq!(std::fs::read(&p).unwrap().len() as u64, len);
+                read += 1;
+            }
+        }
+    }
+    assert_eq!(read, 1050);
+    // Names are dropped 512 closes at a time (1,024 of the 1,050 here), and the kernel sends its
+    // forgets in the background: wait for them. What may stay is the plan, its three epoch
+    // directories and the 26 files closed since.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let nodes = stats(&m.mnt)["batch_nodes"].as_u64().expect("batch_nodes");
+        if nodes <= 4 + 26 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{nodes} batch nodes still held after reading {read} batch files"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

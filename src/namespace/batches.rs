@@ -73,7 +73,12 @@ pub(super) struct Batches {
     pool: OnceLock<Result<Arc<ReadPool>, String>>,
     prefetcher: Prefetcher<BatchKey>,
     options: BatchOptions,
+    /// Batch files closed since their names were last dropped from the kernel's cache.
+    closed: std::sync::Mutex<Vec<BatchKey>>,
 }
+
+/// Closed batch files whose names are dropped from the kernel's cache together.
+const FORGET_EVERY: usize = 512;
 
 /// A library error of a batch as the tree tells it: a batch too large does not exist.
 fn fs_error(e: crate::Error) -> FsError {
@@ -94,6 +99,7 @@ impl Batches {
             pool: OnceLock::new(),
             prefetcher: Prefetcher::new(options.prefetch_threads),
             options,
+            closed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -106,6 +112,35 @@ impl Batches {
             })
             .clone()
             .map_err(FsError::Io)
+    }
+
+    /// Notes that batch file `key` was closed; every `FORGET_EVERY` closes, the names (epoch
+    /// directory inode, file name) the kernel should drop now. In bulk, because each dropped
+    /// name also makes the kernel check its directory's attributes again on the next open: one
+    /// extra request per `FORGET_EVERY` batches instead of one per batch.
+    pub fn closed(&self, key: &BatchKey) -> Vec<(u64, String)> {
+        let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        closed.push(*key);
+        if closed.len() < FORGET_EVERY {
+            return Vec::new();
+        }
+        let keys = std::mem::take(&mut *closed);
+        drop(closed);
+        keys.iter()
+            .filter_map(|k| Some((self.epoch_ino(k)?, k.format.file_name(k.k))))
+            .collect()
+    }
+
+    /// The inode of the epoch directory holding batch `key`, while the kernel holds it.
+    fn epoch_ino(&self, key: &BatchKey) -> Option<u64> {
+        let dir = BatchNode {
+            dataset: key.dataset,
+            plan: key.plan,
+            level: Level::Epoch(key.epoch),
+        };
+        self.nodes
+            .index_of(&dir)
+            .map(|i| ino(Kind::Batch, key.dataset, i))
     }
 
     pub fn node(&self, index: u64) -> Option<(BatchNode, Option<u64>)> {

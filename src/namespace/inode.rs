@@ -137,6 +137,11 @@ impl<K: Clone + Eq + std::hash::Hash, V: Clone + Default> NodeTable<K, V> {
         id
     }
 
+    /// The index of `key` if the kernel holds it (no lookup counted).
+    pub fn index_of(&self, key: &K) -> Option<u64> {
+        self.lock().ids.get(key).copied()
+    }
+
     /// The kernel dropped `n` references to `id`.
     pub fn forget(&self, id: u64, n: u64) {
         let mut t = self.lock();

@@ -189,6 +189,13 @@ impl KernelLink {
         }
     }
 
+    /// Drops the kernel's name `name` in directory `parent`, from another thread.
+    fn forget_entry_later(&self, parent: u64, name: &str) {
+        if let Some(k) = self.0.get() {
+            k.forget_entry_later(parent, name);
+        }
+    }
+
     fn forget_names_later(&self, name: &DatasetName) {
         if let Some(k) = self.0.get() {
             k.forget_entry_later(ROOT_INO, name.as_str());
@@ -310,7 +317,7 @@ impl Namespace {
         self.getattr(ino)
     }
 
-    /// Number of batch nodes (below `batches/`) the kernel still holds (for tests).
+    /// Number of batch nodes (below `batches/`) the kernel still holds (also in `.stats`).
     pub fn batch_nodes(&self) -> usize {
         self.batches.nodes()
     }
@@ -361,6 +368,7 @@ impl Namespace {
             serde_json::to_value(cache).expect("serialisable"),
         );
         extra.insert("batch_memory".into(), self.batches.budget().into());
+        extra.insert("batch_nodes".into(), self.batches.nodes().into());
         self.requests.to_json(extra)
     }
 
@@ -613,6 +621,16 @@ impl Namespace {
             }
             Some(Handle::Control(pending)) if !pending.iter().all(u8::is_ascii_whitespace) => {
                 self.run_command_bytes(&pending)
+            }
+            Some(Handle::Batch(_, key, _)) => {
+                // A batch file is read once an epoch: the names of closed ones are dropped from
+                // the kernel's cache, so that the kernel forgets their nodes and the daemon's
+                // table of batch nodes stays small however many files a run reads. (The kernel
+                // keeps unused FUSE names until memory pressure, even with no time to live.)
+                for (parent, name) in self.batches.closed(&key) {
+                    self.kernel.forget_entry_later(parent, &name);
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
