@@ -336,12 +336,33 @@ impl Archive {
     }
 
     fn read_into(&self, file: &File, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        file.read_exact_at(buf, offset).map_err(|e| {
-            Error::archive(
-                self.path.join(name),
-                format!("read of {} bytes at {offset}: {e}", buf.len()),
-            )
-        })
+        file.read_exact_at(buf, offset)
+            .map_err(|e| self.read_error(name, offset, buf.len(), e))
+    }
+
+    /// Bytes `[offset, offset + buf.len())` of one of the CSR arrays into `buf`, blocking.
+    pub(crate) fn read_array_into(
+        &self,
+        array: CsrArray,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let (file, name) = self.array_file(array);
+        self.read_into(file, name, offset, buf)
+    }
+
+    /// The error of a failed read of `len` bytes at `offset` of the archive's file `name`.
+    pub(crate) fn read_error(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+        e: std::io::Error,
+    ) -> Error {
+        Error::archive(
+            self.path.join(name),
+            format!("read of {len} bytes at {offset}: {e}"),
+        )
     }
 
     /// The raw bytes of values [a, a + n) into `buf` (n = buf.len() / element size): for

@@ -10,7 +10,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 
@@ -71,7 +70,7 @@ pub(crate) fn read_slices(
                     inline = false;
                     0
                 }
-                Err(e) => return Err(read_error(archive, name, s.offset, s.buf.len(), e)),
+                Err(e) => return Err(archive.read_error(name, s.offset, s.buf.len(), e)),
             }
         } else {
             0
@@ -85,17 +84,8 @@ pub(crate) fn read_slices(
         }
     }
     pool.each(uncached, |s| {
-        let (file, name) = archive.array_file(s.array);
-        file.read_exact_at(s.buf, s.offset)
-            .map_err(|e| read_error(archive, name, s.offset, s.buf.len(), e))
+        archive.read_array_into(s.array, s.offset, s.buf)
     })
-}
-
-fn read_error(archive: &Archive, name: &str, offset: u64, len: usize, e: io::Error) -> Error {
-    Error::archive(
-        archive.path.join(name),
-        format!("read of {len} bytes at {offset}: {e}"),
-    )
 }
 
 /// Copies into `buf` what the page cache holds of `file` from `offset` on, without waiting

@@ -257,6 +257,21 @@ impl BatchLayout {
         out
     }
 
+    /// `indptr` as little-endian int64 bytes.
+    fn indptr_bytes(&self) -> impl Iterator<Item = u8> {
+        self.indptr().into_iter().flat_map(i64::to_le_bytes)
+    }
+
+    /// `row_ids` as little-endian int64 bytes.
+    fn row_id_bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.row_ids.iter().flat_map(|r| (*r as i64).to_le_bytes())
+    }
+
+    /// `feature_block` as little-endian int32 bytes.
+    fn feature_block_bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.feature_blocks.iter().flat_map(|b| b.to_le_bytes())
+    }
+
     fn render_npz(
         &self,
         archive: &Archive,
@@ -287,12 +302,12 @@ impl BatchLayout {
         })?;
         zip.member("row_ids.npy", |out| {
             out.extend_from_slice(&npy::header("<i8", &[rows]));
-            out.extend(self.row_ids.iter().flat_map(|r| (*r as i64).to_le_bytes()));
+            out.extend(self.row_id_bytes());
             Ok(())
         })?;
         zip.member("feature_block.npy", |out| {
             out.extend_from_slice(&npy::header("<i4", &[rows]));
-            out.extend(self.feature_blocks.iter().flat_map(|b| b.to_le_bytes()));
+            out.extend(self.feature_block_bytes());
             Ok(())
         })?;
         Ok(zip.finish())

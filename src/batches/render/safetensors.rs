@@ -151,13 +151,9 @@ impl BatchLayout {
                 Part::Indices => append_read(&mut out, len, |buf| {
                     self.read_indices(archive, buf, pool, buffers)
                 })?,
-                Part::Indptr => out.extend(self.indptr().iter().flat_map(|p| p.to_le_bytes())),
-                Part::RowIds => {
-                    out.extend(self.row_ids.iter().flat_map(|r| (*r as i64).to_le_bytes()))
-                }
-                Part::FeatureBlock => {
-                    out.extend(self.feature_blocks.iter().flat_map(|b| b.to_le_bytes()))
-                }
+                Part::Indptr => out.extend(self.indptr_bytes()),
+                Part::RowIds => out.extend(self.row_id_bytes()),
+                Part::FeatureBlock => out.extend(self.feature_block_bytes()),
             }
         }
         Ok(out)
@@ -184,17 +180,9 @@ impl BatchLayout {
                     self.read_indices(archive, &mut b, pool, &Recycler::default())?;
                     b
                 }
-                Part::Indptr => self.indptr().iter().flat_map(|p| p.to_le_bytes()).collect(),
-                Part::RowIds => self
-                    .row_ids
-                    .iter()
-                    .flat_map(|r| (*r as i64).to_le_bytes())
-                    .collect(),
-                Part::FeatureBlock => self
-                    .feature_blocks
-                    .iter()
-                    .flat_map(|b| b.to_le_bytes())
-                    .collect(),
+                Part::Indptr => self.indptr_bytes().collect(),
+                Part::RowIds => self.row_id_bytes().collect(),
+                Part::FeatureBlock => self.feature_block_bytes().collect(),
             };
             parts.push((part, bytes));
         }
