@@ -27,6 +27,18 @@ def dataframe(f, name, index):
     str_attr(d, "encoding-version", "0.2.0")
 
 
+def csr_x(f, rows, cols):
+    """Marks `f` an AnnData file and creates its X group as a rows x cols csr_matrix (the caller
+    adds data, indices and indptr)."""
+    str_attr(f, "encoding-type", "anndata")
+    str_attr(f, "encoding-version", "0.1.0")
+    x = f.create_group("X")
+    str_attr(x, "encoding-type", "csr_matrix")
+    str_attr(x, "encoding-version", "0.1.0")
+    x.attrs["shape"] = np.array([rows, cols], dtype=np.int64)
+    return x
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -39,12 +51,7 @@ def main():
     indptr = np.concatenate([[0], np.cumsum(per_row)])
     nnz = int(indptr[-1])
     with h5py.File(a.out, "w") as f:
-        str_attr(f, "encoding-type", "anndata")
-        str_attr(f, "encoding-version", "0.1.0")
-        x = f.create_group("X")
-        str_attr(x, "encoding-type", "csr_matrix")
-        str_attr(x, "encoding-version", "0.1.0")
-        x.attrs["shape"] = np.array([a.rows, a.cols], dtype=np.int64)
+        x = csr_x(f, a.rows, a.cols)
         data = x.create_dataset("data", shape=(nnz,), dtype=np.float32)
         indices = x.create_dataset("indices", shape=(nnz,), dtype=np.int32)
         x.create_dataset("indptr", data=indptr)

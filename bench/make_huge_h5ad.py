@@ -11,11 +11,9 @@ import argparse
 import h5py
 import numpy as np
 
+from make_h5ad import csr_x, dataframe
+
 BLOCK = 10_000_000
-
-
-def str_attr(obj, name, value):
-    obj.attrs.create(name, value, dtype=h5py.string_dtype())
 
 
 def main():
@@ -29,12 +27,7 @@ def main():
     nnz = a.rows * k
     rng = np.random.default_rng(7)
     with h5py.File(a.out, "w") as f:
-        str_attr(f, "encoding-type", "anndata")
-        str_attr(f, "encoding-version", "0.1.0")
-        x = f.create_group("X")
-        str_attr(x, "encoding-type", "csr_matrix")
-        str_attr(x, "encoding-version", "0.1.0")
-        x.attrs["shape"] = np.array([a.rows, a.cols], dtype=np.int64)
+        x = csr_x(f, a.rows, a.cols)
         data = x.create_dataset("data", shape=(nnz,), dtype=np.float32)
         indices = x.create_dataset("indices", shape=(nnz,), dtype=np.int32)
         indptr = x.create_dataset("indptr", shape=(a.rows + 1,), dtype=np.int64)
@@ -45,15 +38,7 @@ def main():
             indices[r0 * k : r1 * k] = cols.ravel()
             data[r0 * k : r1 * k] = rng.integers(1, 50, size=n * k).astype(np.float32)
             indptr[r0 : r1 + 1] = np.arange(r0, r1 + 1, dtype=np.int64) * k
-        var = f.create_group("var")
-        str_attr(var, "encoding-type", "dataframe")
-        str_attr(var, "encoding-version", "0.2.0")
-        str_attr(var, "_index", "_index")
-        var.attrs.create("column-order", np.array([], dtype=object), dtype=h5py.string_dtype())
-        names = np.array([f"GENE{i:05d}" for i in range(a.cols)], dtype=object)
-        d = var.create_dataset("_index", data=names, dtype=h5py.string_dtype())
-        str_attr(d, "encoding-type", "string-array")
-        str_attr(d, "encoding-version", "0.2.0")
+        dataframe(f, "var", [f"GENE{i:05d}" for i in range(a.cols)])
     print(f"{a.out}: {a.rows} x {a.cols}, {nnz} non-zeros")
 
 
