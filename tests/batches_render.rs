@@ -20,7 +20,7 @@ fn convert(input: &Path, args: &[&str], out: &Path) {
 }
 
 /// Drops the archive's array files from the page cache (they are synced: their pages are
-/// clean), so that the next reads go to storage through the read pool.
+/// clean), so that the next reads go to storage.
 fn evict(archive: &Archive) {
     use std::os::fd::AsRawFd;
     for name in ["data.npy", "col_ptr.npy", "row_ptr.npy"] {
@@ -42,6 +42,7 @@ fn render_all(
 ) -> Vec<serde_json::Value> {
     let pool = ReadPool::new(8).unwrap();
     let serial = ReadPool::new(1).unwrap();
+    let threads = ReadPool::threads_only(4).unwrap();
     let buffers = Recycler::default();
     let mut entries = Vec::new();
     for (p, plan_text) in plans.iter().enumerate() {
@@ -76,17 +77,20 @@ fn render_all(
                             "{plan_text} {epoch} {k}"
                         );
                     }
-                    // Nor reads from storage (the read pool's path), row_ptr read too.
-                    evict(uncached);
-                    let cold = BatchLayout::of_batch(uncached, &order, k, &pool)
-                        .unwrap()
-                        .unwrap();
-                    evict(uncached);
-                    assert_eq!(
-                        bytes,
-                        cold.render(uncached, format, &pool, &buffers).unwrap(),
-                        "{plan_text} {epoch} {k} {format:?} from storage"
-                    );
+                    // Nor reads from storage, row_ptr read too: on an io_uring, and on the
+                    // threads that read where there is none.
+                    for (reads, readers) in [("io_uring", &pool), ("threads", &threads)] {
+                        evict(uncached);
+                        let cold = BatchLayout::of_batch(uncached, &order, k, readers)
+                            .unwrap()
+                            .unwrap();
+                        evict(uncached);
+                        assert_eq!(
+                            bytes,
+                            cold.render(uncached, format, readers, &buffers).unwrap(),
+                            "{plan_text} {epoch} {k} {format:?} from storage ({reads})"
+                        );
+                    }
                     let path = dir.join(format!("{p}-{epoch}-{}", format.file_name(k)));
                     std::fs::write(&path, &bytes).unwrap();
                     entries.push(serde_json::json!({

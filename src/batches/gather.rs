@@ -1,6 +1,7 @@
 //! Reading a batch's slices of the archive's arrays: the slices the page cache holds are
 //! copied in the calling thread without blocking (`preadv2` with `RWF_NOWAIT`), the rest are
-//! read concurrently on the `ReadPool`, so that a cold cache sees many reads in flight.
+//! submitted together to the calling thread's io_uring (`ring`), so that a cold cache sees many
+//! reads in flight; where there is no io_uring, threads of blocking reads do it.
 //!
 //! Why both: on a warm cache a batch of 256 single rows is ~770 small copies, and handing each
 //! to another thread costs more than the copy (waking, then idle-spinning pool threads took a
@@ -13,26 +14,38 @@ use std::os::fd::AsRawFd;
 
 use rayon::prelude::*;
 
+use super::ring::{self, RingRead};
 use crate::archive::{Archive, CsrArray};
 use crate::error::{Error, Result};
 
-/// Threads that read the slices the page cache does not hold; blocking preads, so more than
-/// the CPUs: they wait on storage, not compute.
+/// Threads that read the slices the page cache does not hold where there is no io_uring;
+/// blocking preads, so more than the CPUs: they wait on storage, not compute.
 pub const DEFAULT_READ_THREADS: usize = 16;
 
-/// The threads that read uncached batch slices concurrently.
+/// How uncached batch slices are read concurrently: on the calling thread's io_uring, or on
+/// threads of blocking reads where there is no io_uring (or the pool is made without it).
 pub struct ReadPool {
     pool: rayon::ThreadPool,
+    ring: bool,
 }
 
 impl ReadPool {
+    /// Reads on each calling thread's io_uring, and on `threads` threads where there is none.
     pub fn new(threads: usize) -> Result<ReadPool> {
+        Ok(ReadPool {
+            ring: true,
+            ..ReadPool::threads_only(threads)?
+        })
+    }
+
+    /// Reads on `threads` threads of blocking reads, never on an io_uring.
+    pub fn threads_only(threads: usize) -> Result<ReadPool> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("batch-read-{i}"))
             .build()
             .map_err(|e| Error::Usage(format!("cannot start the batch read threads: {e}")))?;
-        Ok(ReadPool { pool })
+        Ok(ReadPool { pool, ring: false })
     }
 
     /// Runs `f` on every piece of work, concurrently; the first error wins.
@@ -83,9 +96,42 @@ pub(crate) fn read_slices(
             });
         }
     }
-    pool.each(uncached, |s| {
-        archive.read_array_into(s.array, s.offset, s.buf)
-    })
+    read_uncached(archive, pool, uncached)
+}
+
+/// Reads the slices the page cache lacks: all submitted at once to this thread's io_uring, or,
+/// where there is none, on the pool's threads.
+fn read_uncached(archive: &Archive, pool: &ReadPool, mut slices: Vec<Slice<'_>>) -> Result<()> {
+    if slices.is_empty() {
+        return Ok(());
+    }
+    if !pool.ring {
+        return pool.each(slices, |s| {
+            archive.read_array_into(s.array, s.offset, s.buf)
+        });
+    }
+    let reads: Vec<RingRead> = slices
+        .iter_mut()
+        .map(|s| RingRead {
+            fd: archive.array_file(s.array).0.as_raw_fd(),
+            offset: s.offset,
+            buf: s.buf.as_mut_ptr(),
+            len: s.buf.len(),
+        })
+        .collect();
+    // SAFETY: every read targets a slice's buffer, borrowed mutably by `slices` (which nothing
+    // touches) for the whole call; the descriptors are the archive's, open while it is borrowed.
+    match unsafe { ring::read_all(&reads) } {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => {
+            let s = &slices[e.index];
+            let name = archive.array_file(s.array).1;
+            Err(archive.read_error(name, s.offset, s.buf.len(), e.error))
+        }
+        None => pool.each(slices, |s| {
+            archive.read_array_into(s.array, s.offset, s.buf)
+        }),
+    }
 }
 
 /// Copies into `buf` what the page cache holds of `file` from `offset` on, without waiting
