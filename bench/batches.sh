@@ -24,21 +24,15 @@
 #
 #   bench/batches.sh [SECONDS] [ROUNDS] [COLD_SECONDS]
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/bench/lib.sh"
-PY="${SCDL_FS_PYTHON:-$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SECONDS_EACH="${1:-10}"
 ROUNDS="${2:-3}"
 COLD_EACH="${3:-5}"
-DATA="$ROOT/bench-data"
-STORE="$DATA/store"
+bench_setup
 ARCHIVE="$STORE/bench"
 COPY="$DATA/bionemo-archive"
-cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin scdl-fs >&2
-BIN="$ROOT/target/release/scdl-fs"
-mkdir -p "$STORE"
-[[ -f "$DATA/bench.h5ad" ]] || "$PY" "$ROOT/bench/make_h5ad.py" "$DATA/bench.h5ad"
-[[ -d "$ARCHIVE" ]] || "$BIN" convert "$DATA/bench.h5ad" "$ARCHIVE"
+bench_input "$DATA/bench.h5ad" make_h5ad.py
+bench_archive "$DATA/bench.h5ad" "$ARCHIVE"
 [[ -d "$COPY" ]] || cp -r "$ARCHIVE" "$COPY"
 ZARR="$DATA/annbatch.zarr"
 ANNBATCH_PY="$(bash "$ROOT/bench/annbatch-env.sh" 2>/dev/null || true)"

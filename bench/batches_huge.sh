@@ -9,17 +9,14 @@
 #
 #   bench/batches_huge.sh [EPOCHS] [SECONDS]
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${SCDL_FS_PYTHON:-$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 EPOCHS="${1:-50}"
 SECONDS_EACH="${2:-5}"
-DATA="$ROOT/bench-data"
+bench_setup
 STORE="$DATA/huge-store"
-cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin scdl-fs >&2
-BIN="$ROOT/target/release/scdl-fs"
 mkdir -p "$STORE"
-[[ -f "$DATA/huge.h5ad" ]] || "$PY" "$ROOT/bench/make_huge_h5ad.py" "$DATA/huge.h5ad"
-[[ -d "$STORE/huge" ]] || "$BIN" convert "$DATA/huge.h5ad" "$STORE/huge" --obs none
+bench_input "$DATA/huge.h5ad" make_huge_h5ad.py
+bench_archive "$DATA/huge.h5ad" "$STORE/huge" --obs none
 MNT="$(mktemp -d)"
 trap 'umount "$MNT" 2>/dev/null || umount -l "$MNT"; rmdir "$MNT"' EXIT
 "$BIN" mount "$MNT" --store "$STORE" --read-only

@@ -9,20 +9,14 @@
 #
 #   bench/batches_lib.sh [SECONDS] [ROUNDS] [THREADS]
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/bench/lib.sh"
-PY="$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SECONDS_EACH="${1:-5}"
 ROUNDS="${2:-3}"
 THREADS="${3:-16}"
-DATA="$ROOT/bench-data"
-STORE="$DATA/store"
-cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin scdl-fs --example batches_bench >&2
-BIN="$ROOT/target/release/scdl-fs"
-mkdir -p "$STORE"
-[[ -f "$DATA/bench.h5ad" ]] || "$PY" "$ROOT/bench/make_h5ad.py" "$DATA/bench.h5ad"
-[[ -d "$STORE/bench" ]] || "$BIN" convert "$DATA/bench.h5ad" "$STORE/bench"
+bench_setup --example batches_bench
 ARCHIVE="$STORE/bench"
+bench_input "$DATA/bench.h5ad" make_h5ad.py
+bench_archive "$DATA/bench.h5ad" "$ARCHIVE"
 cat "$ARCHIVE"/data.npy "$ARCHIVE"/col_ptr.npy "$ARCHIVE"/row_ptr.npy >/dev/null  # warm
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS"' EXIT

@@ -1,9 +1,10 @@
-# Shared by the bench scripts: medians and the markdown result table.
-# results file lines: "LABEL WALL_SECONDS PEAK_RSS_KB"
+# Shared by the bench scripts: medians, the markdown result table, and the set-up every read
+# benchmark starts with (a release build, the benchmark's .h5ad and its archive, made once).
 
 median() { sort -n | awk '{ v[NR]=$1 } END { print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2 }'; }
 
-# table RESULTS MEGABYTES LABEL... : one markdown row per label (median wall, MB/s, RSS, all runs)
+# table RESULTS MEGABYTES LABEL... : one markdown row per label (median wall, MB/s, RSS, all
+# runs); the results file's lines are "LABEL WALL_SECONDS PEAK_RSS_KB".
 table() {
   local results=$1 mb=$2; shift 2
   echo "| what | median wall s | median MB/s | median peak RSS MB | runs (wall s) |"
@@ -16,4 +17,31 @@ table() {
     awk -v t="$what" -v w="$wall" -v r="$rss" -v mb="$mb" -v runs="$runs" \
       'BEGIN { printf "| %s | %.2f | %.0f | %.0f | %s |\n", t, w, mb / w, r / 1024, runs }'
   done
+}
+
+# bench_setup [--example NAME]... : sets ROOT, PY (the test environment's Python, or
+# $SCDL_FS_PYTHON), DATA (bench-data/), STORE (bench-data/store) and BIN (a release build of
+# scdl-fs, built now with the examples named).
+bench_setup() {
+  ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  PY="${SCDL_FS_PYTHON:-$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)}"
+  DATA="$ROOT/bench-data"
+  STORE="$DATA/store"
+  cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin scdl-fs "$@" >&2
+  BIN="$ROOT/target/release/scdl-fs"
+  mkdir -p "$STORE"
+}
+
+# bench_input H5AD MAKER [ARGS...] : makes H5AD with bench/MAKER (a Python script) unless it exists.
+bench_input() {
+  local h5ad=$1 maker=$2
+  shift 2
+  [[ -f "$h5ad" ]] || "$PY" "$ROOT/bench/$maker" "$h5ad" "$@"
+}
+
+# bench_archive H5AD ARCHIVE [CONVERT ARGS...] : converts H5AD into ARCHIVE unless it exists.
+bench_archive() {
+  local h5ad=$1 archive=$2
+  shift 2
+  [[ -d "$archive" ]] || "$BIN" convert "$h5ad" "$archive" "$@"
 }

@@ -14,23 +14,18 @@
 # With BASELINE=/path/to/another/scdl-fs (say, a build of main), the store is also mounted with
 # that binary (io_uring) and read in the same interleaved rounds, labelled baseline.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="$(bash "$ROOT/scripts/test-env.sh" | tail -n 1)"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SECONDS_EACH="${1:-10}"
 ROUNDS="${2:-7}"
-DATA="$ROOT/bench-data"
-STORE="$DATA/store"
 MNT="$(mktemp -d)"
-cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin scdl-fs --example bare_fuse >&2
-BIN="$ROOT/target/release/scdl-fs"
+bench_setup --example bare_fuse
 BARE="$ROOT/target/release/examples/bare_fuse"
 URING_PARAM=/sys/module/fuse/parameters/enable_uring
 [[ -w "$URING_PARAM" ]] && echo Y > "$URING_PARAM"
-mkdir -p "$STORE"
-[[ -f "$DATA/bench.h5ad" ]] || "$PY" "$ROOT/bench/make_h5ad.py" "$DATA/bench.h5ad"
-[[ -d "$STORE/bench" ]] || "$BIN" convert "$DATA/bench.h5ad" "$STORE/bench"
-[[ -f "$DATA/tall.h5ad" ]] || "$PY" "$ROOT/bench/make_h5ad.py" "$DATA/tall.h5ad" --rows 1000000 --cols 2000 --density 0.01
-[[ -d "$STORE/tall" ]] || "$BIN" convert "$DATA/tall.h5ad" "$STORE/tall"
+bench_input "$DATA/bench.h5ad" make_h5ad.py
+bench_archive "$DATA/bench.h5ad" "$STORE/bench"
+bench_input "$DATA/tall.h5ad" make_h5ad.py --rows 1000000 --cols 2000 --density 0.01
+bench_archive "$DATA/tall.h5ad" "$STORE/tall"
 PLAIN="$(mktemp -d)"
 BAREMNT="$(mktemp -d)"
 trap 'for m in "$MNT" "$PLAIN" "$BAREMNT"; do umount "$m" 2>/dev/null || true; rmdir "$m"; done; rm -f "${ROW_FILE:-}"' EXIT
