@@ -62,11 +62,14 @@ fn render_all(
                         size,
                         "{plan_text} {epoch} {k} {format:?}"
                     );
-                    // Concurrent reads must not change a byte.
-                    assert_eq!(
-                        bytes,
-                        layout.render(archive, format, &serial, &buffers).unwrap()
-                    );
+                    // Nor may the way the slices are read: one thread's ring, or (with no
+                    // ring) cached slices copied here and the others on threads.
+                    for readers in [&serial, &threads] {
+                        assert_eq!(
+                            bytes,
+                            layout.render(archive, format, readers, &buffers).unwrap()
+                        );
+                    }
                     if format == BatchFormat::Safetensors {
                         // Laid out in place, byte for byte what the crate's serialize writes.
                         assert_eq!(
