@@ -40,6 +40,7 @@ pub mod namespace;
 pub mod npy;
 pub mod obs;
 pub mod render;
+pub mod selection;
 pub mod space;
 pub mod stage;
 pub mod stats;

@@ -46,14 +46,14 @@ struct ConversionArgs {
     index_dtypes: IndexDtypes,
     /// Per-cell metadata kept in obs_features/: all, none, or COL,COL,... (the obs index, the
     /// cell ids, is always kept as a column).
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", value_parser = parse_obs)]
     obs: scdl_fs::obs::ObsChoice,
     /// The obsp neighbor graph kept as bionemo-scdl 0.1.3's neighbor files: auto (obsp/next_cell_ids,
     /// bionemo's default key, when present), none, or KEY.
     #[arg(long, default_value = "auto")]
     neighbors: scdl_fs::archive::cellmeta::NeighborChoice,
     /// obsm keys kept in obsm/ (dense arrays): all, none, or KEY,KEY,...
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", value_parser = parse_obsm)]
     obsm: scdl_fs::archive::cellmeta::ObsmChoice,
 }
 
@@ -132,6 +132,14 @@ impl GrantArgs {
 
 fn parse_memory(s: &str) -> Result<usize, String> {
     scdl_fs::batches::parse_memory_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_obs(s: &str) -> Result<scdl_fs::selection::Selection, String> {
+    scdl_fs::selection::Selection::parse(s, "--obs", "COL")
+}
+
+fn parse_obsm(s: &str) -> Result<scdl_fs::selection::Selection, String> {
+    scdl_fs::selection::Selection::parse(s, "--obsm", "KEY")
 }
 
 fn parse_identity(s: &str) -> Result<scdl_fs::confine::Identity, String> {

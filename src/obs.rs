@@ -14,6 +14,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::features::{FeatureBlock, FeatureFrame, FeatureIndex};
 use crate::h5ad::DataFrame;
+use crate::selection::Selection;
 
 /// The directory of an archive holding obs.
 pub const OBS_DIR: &str = "obs_features";
@@ -21,46 +22,8 @@ pub const OBS_DIR: &str = "obs_features";
 /// The column name of an unnamed obs index.
 pub const UNNAMED_OBS_INDEX: &str = "_index";
 
-/// Which obs columns a conversion keeps (the index always).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum ObsChoice {
-    /// Every column.
-    #[default]
-    All,
-    /// No obs at all: the archive has no `obs_features/`.
-    None,
-    /// These columns, in this order.
-    Columns(Vec<String>),
-}
-
-impl std::str::FromStr for ObsChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "all" => Ok(ObsChoice::All),
-            "none" => Ok(ObsChoice::None),
-            _ => {
-                let cols: Vec<String> = s.split(',').map(str::to_string).collect();
-                if cols.iter().any(|c| c.is_empty()) {
-                    return Err(format!(
-                        "bad --obs '{s}': expected all, none or COL,COL,... (no empty names)"
-                    ));
-                }
-                Ok(ObsChoice::Columns(cols))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for ObsChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ObsChoice::All => f.write_str("all"),
-            ObsChoice::None => f.write_str("none"),
-            ObsChoice::Columns(c) => f.write_str(&c.join(",")),
-        }
-    }
-}
+/// Which obs columns a conversion keeps (the index always): all, none, or these in this order.
+pub type ObsChoice = Selection;
 
 /// The columns of `obs` that `choice` keeps, the index first as a column. A requested column the
 /// file does not have is an error naming the file and what it has.
@@ -70,7 +33,7 @@ pub fn select(obs: DataFrame, choice: &ObsChoice, file: &Path) -> Result<Feature
         index,
         mut columns,
     } = obs;
-    if let ObsChoice::Columns(wanted) = choice {
+    if let Selection::Names(wanted) = choice {
         let mut kept = Vec::with_capacity(wanted.len());
         for w in wanted {
             match columns.iter().position(|(n, _)| n == w) {
@@ -269,25 +232,21 @@ mod tests {
     #[test]
     fn the_index_is_kept_and_columns_are_chosen() {
         let f = Path::new("x.h5ad");
-        let all = select(obs(&["a", "b"], "T"), &ObsChoice::All, f).unwrap();
+        let all = select(obs(&["a", "b"], "T"), &Selection::All, f).unwrap();
         let names: Vec<&str> = all.columns.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["_index", "cell_type", "n"]);
         assert_eq!(all.num_vars, 2);
         let some = select(
             obs(&["a", "b"], "T"),
-            &ObsChoice::Columns(vec!["n".into()]),
+            &Selection::Names(vec!["n".into()]),
             f,
         )
         .unwrap();
         let names: Vec<&str> = some.columns.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["_index", "n"]);
-        let err = select(
-            obs(&["a"], "T"),
-            &ObsChoice::Columns(vec!["donor".into()]),
-            f,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = select(obs(&["a"], "T"), &Selection::Names(vec!["donor".into()]), f)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("/obs/donor") && err.contains("cell_type, n"),
             "{err}"
@@ -299,17 +258,17 @@ mod tests {
         let f = Path::new("x.h5ad");
         let mut o = ObsIndex::new("0.1.3");
         o.push(
-            select(obs(&["a", "b"], "T"), &ObsChoice::All, f).unwrap(),
+            select(obs(&["a", "b"], "T"), &Selection::All, f).unwrap(),
             "1".into(),
         );
         o.push(
-            select(obs(&["c"], "B"), &ObsChoice::All, f).unwrap(),
+            select(obs(&["c"], "B"), &Selection::All, f).unwrap(),
             "2".into(),
         );
         assert_eq!(o.index.blocks.len(), 1);
         assert_eq!(o.num_rows(), 3);
         assert_eq!(o.index.blocks[0].frame.num_vars, 3);
-        let other = select(obs(&["d"], "NK"), &ObsChoice::Columns(vec!["n".into()]), f).unwrap();
+        let other = select(obs(&["d"], "NK"), &Selection::Names(vec!["n".into()]), f).unwrap();
         o.push(other, "3".into());
         assert_eq!(o.index.blocks.len(), 2);
         assert_eq!(o.index.cumulative_sum_index(), vec![-1, 3, 4]);
@@ -325,7 +284,7 @@ mod tests {
             "maybe".into(),
             Column::Float(vec![Some(1.5), None, Some(-2.0)]),
         ));
-        o.push(select(df, &ObsChoice::All, f).unwrap(), "in.h5ad".into());
+        o.push(select(df, &Selection::All, f).unwrap(), "in.h5ad".into());
         o.write(dir.path()).unwrap();
         let back = ObsIndex::read(dir.path()).unwrap().unwrap();
         assert_eq!(back.index.blocks, o.index.blocks);

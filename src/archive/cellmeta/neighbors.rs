@@ -495,3 +495,16 @@ fn check_offsets(indptr: &UintFile, nnz: u64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_and_print_back() {
+        for s in ["auto", "none", "knn"] {
+            assert_eq!(s.parse::<NeighborChoice>().unwrap().to_string(), s);
+        }
+        assert!("".parse::<NeighborChoice>().is_err());
+    }
+}

@@ -12,49 +12,14 @@ use super::{listing, members, ArrayFile, CellSource};
 use crate::archive::ArchiveWriter;
 use crate::dtype::Dtype;
 use crate::error::{Error, IoContext, Result};
+use crate::selection::Selection;
 use crate::with_element_type;
 
 /// The directory of an archive holding obsm.
 pub const OBSM_DIR: &str = "obsm";
 
-/// Which obsm keys a conversion keeps.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum ObsmChoice {
-    #[default]
-    All,
-    None,
-    Keys(Vec<String>),
-}
-
-impl std::str::FromStr for ObsmChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "all" => Ok(ObsmChoice::All),
-            "none" => Ok(ObsmChoice::None),
-            _ => {
-                let keys: Vec<String> = s.split(',').map(str::to_string).collect();
-                let repeated = keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k));
-                if repeated || keys.iter().any(|k| k.is_empty() || k == "." || k == "..") {
-                    return Err(format!(
-                        "bad --obsm '{s}': expected all, none or KEY,KEY,... (each key once)"
-                    ));
-                }
-                Ok(ObsmChoice::Keys(keys))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for ObsmChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ObsmChoice::All => f.write_str("all"),
-            ObsmChoice::None => f.write_str("none"),
-            ObsmChoice::Keys(k) => f.write_str(&k.join(",")),
-        }
-    }
-}
+/// Which obsm keys a conversion keeps: all, none, or these in this order.
+pub type ObsmChoice = Selection;
 
 /// One key to convert: its dtype and the shape of a row (`[]` for 1-D, `[width]` for 2-D).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,14 +42,14 @@ pub fn plan(sources: &[CellSource], choice: &ObsmChoice) -> Result<Vec<ObsmKey>>
         return Ok(Vec::new());
     };
     let keys = match choice {
-        ObsmChoice::None => return Ok(Vec::new()),
-        ObsmChoice::All => members(first.h5, "obsm"),
-        ObsmChoice::Keys(k) => k.clone(),
+        Selection::None => return Ok(Vec::new()),
+        Selection::All => members(first.h5, "obsm"),
+        Selection::Names(k) => k.clone(),
     };
     let mut out: Vec<ObsmKey> = Vec::new();
     for s in sources {
         let have = members(s.h5, "obsm");
-        if *choice == ObsmChoice::All && have != keys {
+        if *choice == Selection::All && have != keys {
             return Err(s.h5.error("/obsm", format!("has keys [{}] but {} has [{}]: inputs must have the same obsm keys (or choose with --obsm)", listing(&have), first.h5.path().display(), listing(&keys))));
         }
         for (i, key) in keys.iter().enumerate() {
@@ -394,24 +359,4 @@ pub fn concat(parts: &[(&Path, &[ObsmArray])], writer: &ArchiveWriter) -> Result
         }
     }
     finish_files(files, writer.dir())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::archive::cellmeta::NeighborChoice;
-
-    #[test]
-    fn choices_parse_and_print_back() {
-        for s in ["all", "none", "X_pca", "X_pca,spatial"] {
-            assert_eq!(s.parse::<ObsmChoice>().unwrap().to_string(), s);
-        }
-        for bad in ["", "a,,b", "a,a", ".."] {
-            assert!(bad.parse::<ObsmChoice>().is_err(), "{bad}");
-        }
-        for s in ["auto", "none", "knn"] {
-            assert_eq!(s.parse::<NeighborChoice>().unwrap().to_string(), s);
-        }
-        assert!("".parse::<NeighborChoice>().is_err());
-    }
 }
