@@ -60,6 +60,9 @@ pub struct ReadyDataset {
     feature_dir: PathBuf,
     /// The files of the feature index directory, sorted.
     pub feature_files: Vec<String>,
+    /// The files of `obs_features/`, sorted (none without it): listed once, as a published
+    /// archive does not change.
+    pub obs_feature_files: Vec<String>,
     feature_json: Vec<OnceLock<Vec<u8>>>,
     /// What the per-cell metadata files read once (`cellmeta::render`).
     pub cells: crate::render::cells::CellCache,
@@ -78,12 +81,14 @@ impl ReadyDataset {
             .find(|d| d.is_dir())
             .unwrap_or_else(|| archive.path.join(FileNames::FEATURES));
         let feature_files = sorted_file_names(&feature_dir);
+        let obs_feature_files = sorted_file_names(&archive.path.join(crate::obs::OBS_DIR));
         let blocks = archive.features.blocks.len();
         ReadyDataset {
             archive,
             archive_files,
             feature_dir,
             feature_files,
+            obs_feature_files,
             feature_json: (0..blocks).map(|_| OnceLock::new()).collect(),
             cells: Default::default(),
         }

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-pub(crate) use dataset::sorted_file_names;
 pub use dataset::{Dataset, ReadyDataset, State, ARCHIVE_FILES};
 
 use crate::convert::ConvertOptions;

@@ -107,11 +107,6 @@ fn file_ino(id: u16, what: u64, row: u64) -> u64 {
     ino(Kind::MetaFile, id, (what << ROW_BITS) | row)
 }
 
-/// The sorted files of the archive's `obs_features/`.
-fn obs_feature_files(r: &ReadyDataset) -> Vec<String> {
-    crate::catalog::sorted_file_names(&r.archive.path.join(crate::obs::OBS_DIR))
-}
-
 /// `obs`, `neighbors`, `obsm`, `obs_features` of a dataset directory, those it has.
 pub(super) fn dataset_entries(id: u16, r: &ReadyDataset) -> Vec<(u64, NodeType, String)> {
     [
@@ -184,7 +179,8 @@ impl Namespace {
     fn store_file(&self, r: &ReadyDataset, what: u64, i: u64) -> Option<PathBuf> {
         let a = &r.archive;
         match what {
-            0 => obs_feature_files(r)
+            0 => r
+                .obs_feature_files
                 .get(i as usize)
                 .map(|f| a.path.join(crate::obs::OBS_DIR).join(f)),
             _ => a.obsm_keys().get(i as usize).map(|o| o.path.clone()),
@@ -254,7 +250,8 @@ impl Namespace {
             MetaDir::ObsmKey(k) => row_file(WHAT_OBSM + k as u64, ".npy"),
             MetaDir::Obsm => obsm_child(id, r, name),
             MetaDir::ObsFeatures => {
-                let i = obs_feature_files(r)
+                let i = r
+                    .obs_feature_files
                     .iter()
                     .position(|f| f == name)
                     .ok_or(FsError::NotFound)?;
@@ -408,10 +405,16 @@ pub(super) fn entries(page: &mut Page, id: u16, r: &ReadyDataset, d: MetaDir) {
             page.extend(v);
         }
         MetaDir::ObsFeatures => {
-            let files = obs_feature_files(r).into_iter().enumerate();
+            let files = r.obs_feature_files.iter().enumerate();
             page.extend(
                 files
-                    .map(|(i, f)| (ino(Kind::MetaStore, id, i as u64), NodeType::File, f))
+                    .map(|(i, f)| {
+                        (
+                            ino(Kind::MetaStore, id, i as u64),
+                            NodeType::File,
+                            f.clone(),
+                        )
+                    })
                     .collect(),
             );
         }
