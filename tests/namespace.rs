@@ -233,9 +233,9 @@ fn ragged_dataset_blocks_and_ranges() {
     }
 }
 
-#[test]
-fn rows_listing_streams_by_offset() {
-    let fx = namespace_with(|store| {
+/// A namespace whose store holds `big`, the 1,400-row fixture.
+fn namespace_with_large() -> Fixture {
+    namespace_with(|store| {
         convert::convert(
             &fixtures().join("large_csr_f32.h5ad"),
             &store.join("big"),
@@ -243,24 +243,35 @@ fn rows_listing_streams_by_offset() {
             &Quiet,
         )
         .unwrap();
-    });
-    let ns = &fx.ns;
-    let rows = path_ino(ns, "big/rows").unwrap();
-    let mut offset = 0;
-    let mut names = Vec::new();
+    })
+}
+
+/// The names of the files in directory `dir`, listed `page` entries at a time from the start,
+/// each listing continued from the offset of the last entry of the one before.
+fn file_names_in_pages(ns: &Namespace, dir: u64, page: usize) -> Vec<String> {
+    let (mut offset, mut names) = (0, Vec::new());
     loop {
-        let page = ns.readdir(rows, offset, 97).unwrap();
-        if page.is_empty() {
-            break;
+        let entries = ns.readdir(dir, offset, page).unwrap();
+        if entries.is_empty() {
+            return names;
         }
-        assert!(page.len() <= 97);
-        offset = page.last().unwrap().next;
+        assert!(entries.len() <= page);
+        offset = entries.last().unwrap().next;
         names.extend(
-            page.into_iter()
+            entries
+                .into_iter()
                 .filter(|e| e.kind == NodeType::File)
                 .map(|e| e.name),
         );
     }
+}
+
+#[test]
+fn rows_listing_streams_by_offset() {
+    let fx = namespace_with_large();
+    let ns = &fx.ns;
+    let rows = path_ino(ns, "big/rows").unwrap();
+    let names = file_names_in_pages(ns, rows, 97);
     assert_eq!(names.len(), 1400);
     assert_eq!(names[0], "0.npy");
     assert_eq!(names[1399], "1399.npy");
@@ -274,32 +285,11 @@ fn rows_listing_streams_by_offset() {
 
 #[test]
 fn batch_listings_stream_and_batch_inodes_are_forgotten() {
-    let fx = namespace_with(|store| {
-        convert::convert(
-            &fixtures().join("large_csr_f32.h5ad"),
-            &store.join("big"),
-            &ConvertOptions::default(),
-            &Quiet,
-        )
-        .unwrap();
-    });
+    let fx = namespace_with_large();
     let ns = &fx.ns;
     // 1,400 rows in batches of 64: 22 batches, two files each, listed a page at a time.
     let epoch = path_ino(ns, "big/batches/size=64,seed=2/0").unwrap();
-    let (mut offset, mut names) = (0, Vec::new());
-    loop {
-        let page = ns.readdir(epoch, offset, 7).unwrap();
-        if page.is_empty() {
-            break;
-        }
-        assert!(page.len() <= 7);
-        offset = page.last().unwrap().next;
-        names.extend(
-            page.into_iter()
-                .filter(|e| e.kind == NodeType::File)
-                .map(|e| e.name),
-        );
-    }
+    let names = file_names_in_pages(ns, epoch, 7);
     assert_eq!(names.len(), 44);
     assert_eq!(names[..3], ["0.npz", "0.safetensors", "1.npz"]);
     assert_eq!(names[43], "21.safetensors");
