@@ -10,6 +10,8 @@
 
 mod safetensors;
 
+use std::cell::RefCell;
+
 use super::buffers::Recycler;
 use super::gather::{read_slices, ReadPool, Slice};
 use super::order::{EpochOrder, Run};
@@ -231,15 +233,15 @@ impl BatchLayout {
             let slices = self.slices(CsrArray::Cols, item, buf);
             return read_slices(archive, pool, slices);
         }
-        let mut raw = buffers.take((self.nnz * item) as usize);
-        raw.resize((self.nnz * item) as usize, 0);
-        let slices = self.slices(CsrArray::Cols, item, &mut raw);
-        let read = read_slices(archive, pool, slices);
-        if read.is_ok() {
-            widen_columns(&raw, stored, wide, buf);
-        }
-        buffers.give(raw);
-        read
+        let len = (self.nnz * item) as usize;
+        with_column_scratch(len, buffers, |raw| {
+            let slices = self.slices(CsrArray::Cols, item, raw);
+            let read = read_slices(archive, pool, slices);
+            if read.is_ok() {
+                widen_columns(raw, stored, wide, buf);
+            }
+            read
+        })
     }
 
     /// indptr: each row's end, relative to the batch, from the runs' row pointers.
@@ -356,6 +358,39 @@ fn run_pointers(archive: &Archive, runs: &[Run], pool: &ReadPool) -> Result<Vec<
             RunPtrs { run, ptrs }
         })
         .collect())
+}
+
+/// Stored column indices of one batch at most this large are read into a buffer its thread
+/// keeps (a `block=1` batch of 256 rows of ~480 values: 245 KB of uint16); larger ones into a
+/// buffer from the recycler.
+const KEPT_COLUMN_SCRATCH: usize = 4 << 20;
+
+thread_local! {
+    /// This thread's buffer for stored column indices before they are widened: kept, so that a
+    /// batch neither zeroes nor faults in fresh pages for them (a new buffer per batch, zeroed
+    /// and then overwritten by the reads, was a tenth of the daemon's CPU).
+    static COLUMN_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` bytes of scratch (their contents left from earlier batches).
+fn with_column_scratch<T>(len: usize, buffers: &Recycler, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    if len > KEPT_COLUMN_SCRATCH {
+        let mut raw = buffers.take(len);
+        raw.resize(len, 0);
+        let r = f(&mut raw);
+        buffers.give(raw);
+        return r;
+    }
+    COLUMN_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut raw) => {
+            if raw.len() < len {
+                raw.resize(len, 0);
+            }
+            f(&mut raw[..len])
+        }
+        // Not reentrant, but never wrong: a fresh buffer if the thread's is in use.
+        Err(_) => f(&mut vec![0u8; len]),
+    })
 }
 
 /// Column indices stored as `stored` (unsigned, little-endian) written as little-endian int32,
