@@ -95,7 +95,7 @@ fn main() {
         eprintln!("batches_bench: {e}");
         std::process::exit(1);
     });
-    let pool = ReadPool::new(threads).expect("pool");
+    let pool = ReadPool::new(threads);
     for (name, plan) in [("block1", "size=256"), ("block64", "size=256,block=64")] {
         for format in BatchFormat::ALL {
             let (rate, cpu) = render_rate(&archive, plan, format, &pool, secs);

@@ -532,7 +532,7 @@ pub fn batches(data: &[u8]) {
         .unwrap_or((0, BatchFormat::Npz));
     let (archive, pool) = FIXTURE.get_or_init(|| {
         let archive = Archive::open(&templates().blocks).expect("template archive");
-        (archive, ReadPool::new(2).expect("pool"))
+        (archive, ReadPool::new(2))
     });
     for rows in [archive.num_rows, 1 << 40] {
         let order = EpochOrder::new(&plan, rows, epoch);

@@ -242,7 +242,7 @@ fn archive_dtype(
 /// (their files' sizes bound it), and the graph and obsm files.
 fn metadata_bytes(files: &[PathBuf], obs: &ObsChoice, meta: &CellArrays, rows: u64) -> u64 {
     let obs_bytes: u64 = match obs {
-        crate::selection::Selection::None => 0,
+        ObsChoice::None => 0,
         _ => files
             .iter()
             .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
@@ -254,7 +254,7 @@ fn metadata_bytes(files: &[PathBuf], obs: &ObsChoice, meta: &CellArrays, rows: u
 /// The obs of every source, one block per source (merged when their columns agree); None with
 /// `--obs none`.
 fn read_obs(sources: &[Source], labels: &[String], choice: &ObsChoice) -> Result<Option<ObsIndex>> {
-    if *choice == crate::selection::Selection::None {
+    if *choice == ObsChoice::None {
         return Ok(None);
     }
     let mut obs = ObsIndex::new(ARCHIVE_VERSION);

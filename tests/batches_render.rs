@@ -40,9 +40,9 @@ fn render_all(
     plans: &[&str],
     dir: &Path,
 ) -> Vec<serde_json::Value> {
-    let pool = ReadPool::new(8).unwrap();
-    let serial = ReadPool::new(1).unwrap();
-    let threads = ReadPool::threads_only(4).unwrap();
+    let pool = ReadPool::new(8);
+    let serial = ReadPool::new(1);
+    let threads = ReadPool::threads_only(4);
     let buffers = Recycler::default();
     let mut entries = Vec::new();
     for (p, plan_text) in plans.iter().enumerate() {

@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -25,37 +26,49 @@ use crate::error::{Error, Result};
 pub const DEFAULT_READ_THREADS: usize = 16;
 
 /// How uncached batch slices are read concurrently: on the calling thread's io_uring, or on
-/// threads of blocking reads where there is no io_uring (or the pool is made without it).
+/// threads of blocking reads where there is no io_uring (or the pool is made without it). The
+/// threads start at their first use: with an io_uring they are never needed.
 pub struct ReadPool {
-    pool: rayon::ThreadPool,
+    threads: usize,
+    pool: OnceLock<std::result::Result<rayon::ThreadPool, String>>,
     ring: bool,
 }
 
 impl ReadPool {
     /// Reads on each calling thread's io_uring, and on `threads` threads where there is none.
-    pub fn new(threads: usize) -> Result<ReadPool> {
-        Ok(ReadPool {
+    pub fn new(threads: usize) -> ReadPool {
+        ReadPool {
             ring: true,
-            ..ReadPool::threads_only(threads)?
-        })
+            ..ReadPool::threads_only(threads)
+        }
     }
 
     /// Reads on `threads` threads of blocking reads, never on an io_uring.
-    pub fn threads_only(threads: usize) -> Result<ReadPool> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("batch-read-{i}"))
-            .build()
-            .map_err(|e| Error::Usage(format!("cannot start the batch read threads: {e}")))?;
-        Ok(ReadPool { pool, ring: false })
+    pub fn threads_only(threads: usize) -> ReadPool {
+        ReadPool {
+            threads: threads.max(1),
+            pool: OnceLock::new(),
+            ring: false,
+        }
     }
 
-    /// Runs `f` on every piece of work, concurrently; the first error wins.
+    /// Runs `f` on every piece of work, concurrently; the first error wins. A failure to start
+    /// the threads is this call's error.
     fn each<W: Send>(&self, work: Vec<W>, f: impl Fn(W) -> Result<()> + Sync + Send) -> Result<()> {
         if work.is_empty() {
             return Ok(());
         }
-        self.pool.install(|| work.into_par_iter().try_for_each(f))
+        let pool = self.pool.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.threads)
+                .thread_name(|i| format!("batch-read-{i}"))
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        let pool = pool
+            .as_ref()
+            .map_err(|e| Error::Usage(format!("cannot start the batch read threads: {e}")))?;
+        pool.install(|| work.into_par_iter().try_for_each(f))
     }
 }
 

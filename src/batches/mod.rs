@@ -1,8 +1,8 @@
 //! Shuffled minibatches (`batches/<PLAN>/<EPOCH>/<K>.npz|.safetensors`), everything but the
 //! mounted tree: `plan` parses the names, `order` computes which rows a batch holds (a keyed
-//! permutation, no state), `gather` reads a batch's slices of the archive (cached ones inline,
-//! the rest concurrently, through `ring`: one io_uring per thread), `render` sizes and renders a batch from an `Archive`, `cache` keeps
-//! rendered batches within a memory budget for readers and prefetching, `buffers` hands the
+//! permutation, no state), `gather` reads a batch's slices of the archive (all at once, on
+//! the calling thread's io_uring: `ring`), `render` sizes and renders a batch from an
+//! `Archive`, `cache` keeps rendered batches within a memory budget for readers and prefetching, `buffers` hands the
 //! memory of evicted batches to the next renders, `prefetch` renders the next batches in the
 //! background.
 

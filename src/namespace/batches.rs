@@ -4,7 +4,7 @@
 //! rendering, reads from the daemon's `BatchCache`, and the prefetch of the next batches at
 //! each open. The library pieces are `crate::batches`; this file only wires them to the tree.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::inode::{ino, Kind, NodeTable};
 use super::{DirEntry, FsError, FsResult, NodeType, ReadBytes};
@@ -69,8 +69,7 @@ pub(super) struct Batches {
     /// Batch nodes the kernel holds; a file's size once computed.
     nodes: NodeTable<BatchNode, Option<u64>>,
     cache: Arc<BatchCache<BatchKey>>,
-    /// Started at the first batch read (a failure to start is that read's EIO).
-    pool: OnceLock<Result<Arc<ReadPool>, String>>,
+    pool: ReadPool,
     prefetcher: Prefetcher<BatchKey>,
     options: BatchOptions,
     /// Batch files closed since their names were last dropped from the kernel's cache.
@@ -96,22 +95,11 @@ impl Batches {
         Batches {
             nodes: NodeTable::default(),
             cache: Arc::new(BatchCache::new(options.memory)),
-            pool: OnceLock::new(),
+            pool: ReadPool::new(options.read_threads),
             prefetcher: Prefetcher::new(options.prefetch_threads),
             options,
             closed: std::sync::Mutex::new(Vec::new()),
         }
-    }
-
-    fn pool(&self) -> FsResult<Arc<ReadPool>> {
-        self.pool
-            .get_or_init(|| {
-                ReadPool::new(self.options.read_threads)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
-            })
-            .clone()
-            .map_err(FsError::Io)
     }
 
     /// Notes that batch file `key` was closed; every `FORGET_EVERY` closes, the names (epoch
@@ -239,7 +227,7 @@ impl Batches {
         if key.k >= order.batches() {
             return Err(FsError::NotFound);
         }
-        BatchLayout::of_batch(&r.archive, &order, key.k, &*self.pool()?)
+        BatchLayout::of_batch(&r.archive, &order, key.k, &self.pool)
             .map_err(fs_error)?
             .ok_or(FsError::NotFound)
     }
@@ -247,12 +235,7 @@ impl Batches {
     fn render(&self, r: &ReadyDataset, key: &BatchKey) -> FsResult<Vec<u8>> {
         let layout = self.layout(r, key)?;
         layout
-            .render(
-                &r.archive,
-                key.format,
-                &*self.pool()?,
-                self.cache.recycler(),
-            )
+            .render(&r.archive, key.format, &self.pool, self.cache.recycler())
             .map_err(fs_error)
     }
 
@@ -299,14 +282,14 @@ impl Batches {
         if self.cache.contains(key) {
             return;
         }
-        let (Ok(layout), Ok(pool)) = (self.layout(r, key), self.pool()) else {
+        let Ok(layout) = self.layout(r, key) else {
             return;
         };
         let Ok(size) = layout.file_size(&r.archive, key.format) else {
             return;
         };
         self.cache.prefetch(key, size as usize, || {
-            layout.render(&r.archive, key.format, &pool, self.cache.recycler())
+            layout.render(&r.archive, key.format, &self.pool, self.cache.recycler())
         });
     }
 }
