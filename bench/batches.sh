@@ -29,11 +29,7 @@ SECONDS_EACH="${1:-10}"
 ROUNDS="${2:-3}"
 COLD_EACH="${3:-5}"
 bench_setup
-ARCHIVE="$STORE/bench"
-COPY="$DATA/bionemo-archive"
-bench_input "$DATA/bench.h5ad" make_h5ad.py
-bench_archive "$DATA/bench.h5ad" "$ARCHIVE"
-[[ -d "$COPY" ]] || cp -r "$ARCHIVE" "$COPY"
+bench_batch_data
 ZARR="$DATA/annbatch.zarr"
 ANNBATCH_PY="$(bash "$ROOT/bench/annbatch-env.sh" 2>/dev/null || true)"
 ANNBATCH_CONVERT="not measured (no annbatch venv)"
@@ -67,7 +63,6 @@ if [[ " $TEMPS " == *" small "* ]]; then
   SMALL_DAEMON="$(daemon_of "$SMALL_MNT")"
 fi
 mnt_of() { [[ $1 == small ]] && echo "$SMALL_MNT" || echo "$MNT"; }
-READ="$ROOT/bench/batch_reads.py"
 FILES=("$ARCHIVE/data.npy" "$ARCHIVE/col_ptr.npy" "$ARCHIVE/row_ptr.npy")
 
 prepare() {  # warm|cold|small

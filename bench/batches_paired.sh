@@ -15,12 +15,7 @@ PAIRS="${1:-9}"
 SECONDS_EACH="${2:-3}"
 FMT="${3:-npz}"
 bench_setup
-ARCHIVE="$STORE/bench"
-COPY="$DATA/bionemo-archive"
-bench_input "$DATA/bench.h5ad" make_h5ad.py
-bench_archive "$DATA/bench.h5ad" "$ARCHIVE"
-[[ -d "$COPY" ]] || cp -r "$ARCHIVE" "$COPY"
-READ="$ROOT/bench/batch_reads.py"
+bench_batch_data
 MNT="$(mktemp -d)"
 trap 'umount "$MNT" 2>/dev/null || umount -l "$MNT"; rmdir "$MNT"' EXIT
 "$BIN" mount "$MNT" --store "$STORE" --read-only

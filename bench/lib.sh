@@ -45,3 +45,15 @@ bench_archive() {
   shift 2
   [[ -d "$archive" ]] || "$BIN" convert "$h5ad" "$archive" "$@"
 }
+
+# bench_batch_data : what the shuffled-batch benchmarks read, made once: sets ARCHIVE (the
+# benchmark archive in STORE), COPY (a copy of it for bionemo-scdl, which opens its archive r+)
+# and READ (bench/batch_reads.py). After bench_setup.
+bench_batch_data() {
+  ARCHIVE="$STORE/bench"
+  COPY="$DATA/bionemo-archive"
+  READ="$ROOT/bench/batch_reads.py"
+  bench_input "$DATA/bench.h5ad" make_h5ad.py
+  bench_archive "$DATA/bench.h5ad" "$ARCHIVE"
+  [[ -d "$COPY" ]] || cp -r "$ARCHIVE" "$COPY"
+}
